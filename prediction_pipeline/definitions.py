@@ -1,0 +1,12 @@
+"""The one Definitions object of the code location: every workload's defs, merged, plus
+the resources configured from the environment."""
+
+import dagster as dg
+
+from prediction_pipeline.defs.markets import definitions as markets
+from prediction_pipeline.resources import default_resources
+
+defs = dg.Definitions.merge(
+    markets.defs,
+    dg.Definitions(resources=default_resources()),
+)

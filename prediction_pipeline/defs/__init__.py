@@ -1,0 +1,11 @@
+"""One folder per workload: its assets, checks, jobs, schedules and sensors."""
+
+import warnings
+
+import dagster as dg
+
+# Code references (each asset linked to its source file in the UI) are beta in 1.13: say it
+# once here instead of on every load of the code location.
+warnings.filterwarnings(
+    "ignore", category=dg.BetaWarning, message=".*(source_code_references|CodeReference)"
+)

@@ -1,0 +1,100 @@
+"""Dagster resources wrapping the store and the clients, configured from the environment.
+
+Values come through dg.EnvVar when the variable is set, so the UI shows the variable's name
+and never its value (database URLs and API keys are secrets); unset variables fall back to
+the offline defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+
+from prediction_pipeline.clients.gamma import DEFAULT_BASE_URL as DEFAULT_GAMMA_URL
+from prediction_pipeline.clients.gamma import GammaClient
+from prediction_pipeline.clients.market_sources import (
+    MarketSource,
+    PolymarketSource,
+    SyntheticSource,
+)
+from prediction_pipeline.store import migrate
+from prediction_pipeline.store.db import default_database_url, make_engine, safe_url
+
+
+class SchemaOutOfDateError(RuntimeError):
+    pass
+
+
+@lru_cache(maxsize=32)
+def _engine(url: str) -> sa.Engine:
+    engine = make_engine(url)
+    current, head = migrate.current_revision(engine), migrate.head_revision()
+    if current != head:
+        raise SchemaOutOfDateError(
+            f"the app database {safe_url(url)} is at migration {current or 'none'}, the code "
+            f"expects {head}: run `prediction-pipeline db upgrade`"
+        )
+    return engine
+
+
+class AppDatabase(dg.ConfigurableResource):
+    """The app database (SQLite file by default, PostgreSQL in production)."""
+
+    url: str = Field(description="SQLAlchemy URL; set PREDICTION_PIPELINE_DATABASE_URL.")
+
+    def engine(self) -> sa.Engine:
+        return _engine(self.url)
+
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """One transaction: committed on success, rolled back on error."""
+        with self.engine().begin() as conn:
+            yield conn
+
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        with self.engine().connect() as conn:
+            yield conn
+
+
+class MarketSourceResource(dg.ConfigurableResource):
+    """Where markets come from: `synthetic` (offline default) or `polymarket` (Gamma API)."""
+
+    kind: str = Field(default="synthetic", description="synthetic or polymarket")
+    synthetic_size: int = Field(default=300, description="Markets open on any synthetic day.")
+    synthetic_seed: int = 7
+    gamma_url: str = DEFAULT_GAMMA_URL
+    max_markets: int = Field(default=1000, description="Top active Gamma markets by volume.")
+
+    def open(self) -> MarketSource:
+        if self.kind == "synthetic":
+            return SyntheticSource(size=self.synthetic_size, seed=self.synthetic_seed)
+        if self.kind == "polymarket":
+            return PolymarketSource(GammaClient(base_url=self.gamma_url), self.max_markets)
+        raise ValueError(
+            f"unknown market source {self.kind!r}: set PREDICTION_PIPELINE_MARKET_SOURCE to "
+            "'synthetic' or 'polymarket'"
+        )
+
+
+def env_or(name: str, default: str) -> str | dg.EnvVar:
+    """dg.EnvVar(name) when the variable is set, else the offline default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "app_db": AppDatabase(
+            url=env_or("PREDICTION_PIPELINE_DATABASE_URL", default_database_url())
+        ),
+        "market_source": MarketSourceResource(
+            kind=env_or("PREDICTION_PIPELINE_MARKET_SOURCE", "synthetic"),
+            gamma_url=env_or("POLYMARKET_GAMMA_URL", DEFAULT_GAMMA_URL),
+        ),
+    }

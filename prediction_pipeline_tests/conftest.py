@@ -1,0 +1,90 @@
+"""Shared fixtures: an app database on SQLite and on PostgreSQL, migrated to head.
+
+PostgreSQL tests use the server at 127.0.0.1:5432 (user postgres, trust auth), each test
+in a database of its own. They are skipped only when CI is unset and no server answers;
+in CI a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from prediction_pipeline.store import migrate
+from prediction_pipeline.store.db import make_engine
+
+PG_ADMIN_URL = os.environ.get(
+    "PREDICTION_PIPELINE_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _postgres_answers() -> bool:
+    try:
+        engine = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except sa.exc.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> bool:
+    if _postgres_answers():
+        return True
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but PostgreSQL does not answer at {PG_ADMIN_URL}")
+    return False
+
+
+def _create_pg_database() -> str:
+    name = f"pp_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return str(sa.engine.make_url(PG_ADMIN_URL).set(database=name))
+
+
+def _drop_pg_database(url: str) -> None:
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request, tmp_path, postgres_available) -> Iterator[str]:
+    """A URL to an empty app database on each engine (not migrated)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    if not postgres_available:
+        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432 and CI is unset")
+    url = _create_pg_database()
+    try:
+        yield url
+    finally:
+        _drop_pg_database(url)
+
+
+@pytest.fixture
+def database_url(empty_database_url) -> str:
+    """A URL to an app database migrated to head, on SQLite and on PostgreSQL."""
+    engine = make_engine(empty_database_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return empty_database_url
+
+
+@pytest.fixture
+def engine(database_url) -> Iterator[sa.Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()

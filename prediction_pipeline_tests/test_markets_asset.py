@@ -1,0 +1,92 @@
+import datetime as dt
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from prediction_pipeline.core.synthetic import SyntheticUniverse
+from prediction_pipeline.defs.markets.assets import markets
+from prediction_pipeline.resources import AppDatabase, MarketSourceResource, SchemaOutOfDateError
+from prediction_pipeline.store.tables import market_snapshots
+from prediction_pipeline.store.tables import markets as markets_table
+
+DAY = "2026-11-02"
+
+
+def _materialize(database_url: str, day: str, size: int = 120) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [markets],
+        partition_key=day,
+        resources={
+            "app_db": AppDatabase(url=database_url),
+            "market_source": MarketSourceResource(kind="synthetic", synthetic_size=size),
+        },
+    )
+
+
+def _snapshot_rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(
+                market_snapshots.c.market_id, market_snapshots.c.day, market_snapshots.c.yes_price
+            ).order_by(market_snapshots.c.market_id, market_snapshots.c.day)
+        ).all()
+
+
+def test_materialize_twice_is_idempotent(database_url, engine):
+    first = _materialize(database_url, DAY)
+    assert first.success
+    meta = first.asset_materializations_for_node("markets")[0].metadata
+    assert meta["new"].value > 50 and meta["skipped"].value == 0
+    assert "question" in meta["preview"].value
+    checks = first.get_asset_check_evaluations()
+    assert len(checks) == 3 and all(c.passed for c in checks)
+    rows = _snapshot_rows(engine)
+
+    second = _materialize(database_url, DAY)
+    assert second.success
+    meta = second.asset_materializations_for_node("markets")[0].metadata
+    assert meta["new"].value == 0 and meta["updated"].value == 0
+    assert _snapshot_rows(engine) == rows
+
+
+def test_consecutive_days_grow_history_and_record_resolutions(database_url, engine):
+    start = dt.date(2026, 8, 1)
+    held = []
+    for offset in range(4):
+        assert _materialize(database_url, (start + dt.timedelta(days=offset)).isoformat()).success
+        with engine.connect() as conn:
+            held.append(conn.scalar(sa.select(sa.func.count()).select_from(markets_table)))
+    assert held == sorted(held) and held[-1] > held[0]  # new markets open, none are lost
+    with engine.connect() as conn:
+        days = conn.scalars(sa.select(sa.distinct(market_snapshots.c.day))).all()
+    assert len(days) == 4
+
+    # Jump ahead: markets that left the active list are looked up and their end recorded.
+    result = _materialize(database_url, (start + dt.timedelta(days=60)).isoformat())
+    meta = result.asset_materializations_for_node("markets")[0].metadata
+    assert meta["looked_up"].value > 0 and meta["resolved"].value > 0
+    with engine.connect() as conn:
+        resolved = conn.execute(
+            sa.select(markets_table.c.source_id, markets_table.c.resolved_outcome).where(
+                markets_table.c.status == "resolved"
+            )
+        ).all()
+    truth = {
+        m.source_id: m.resolved_outcome
+        for m in SyntheticUniverse(size=120).lookup(
+            [sid for sid, _ in resolved], start + dt.timedelta(days=60)
+        )
+    }
+    assert dict(resolved) == truth
+
+
+def test_unmigrated_database_fails_with_a_clear_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(SchemaOutOfDateError, match="prediction-pipeline db upgrade"):
+        AppDatabase(url=url).engine()
+
+
+def test_unknown_source_is_a_clear_error():
+    with pytest.raises(ValueError, match="PREDICTION_PIPELINE_MARKET_SOURCE"):
+        MarketSourceResource(kind="kalshi").open()
