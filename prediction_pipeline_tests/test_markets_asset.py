@@ -90,3 +90,36 @@ def test_unmigrated_database_fails_with_a_clear_error(tmp_path):
 def test_unknown_source_is_a_clear_error():
     with pytest.raises(ValueError, match="PREDICTION_PIPELINE_MARKET_SOURCE"):
         MarketSourceResource(kind="kalshi").open()
+
+
+def test_polymarket_source_through_the_asset(database_url, engine):
+    """The asset end to end against a Gamma stand-in on loopback: pagination, a malformed
+    market skipped and counted, and a held market that left the active list looked up."""
+    from prediction_pipeline_tests.fakes.gamma_server import FakeGammaServer, gamma_market
+
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    records = [gamma_market(i) for i in range(150)]
+    records.append(gamma_market(999, question="", outcomes="[1"))  # malformed
+    with FakeGammaServer(records) as server:
+        resources = {
+            "app_db": AppDatabase(url=database_url),
+            "market_source": MarketSourceResource(kind="polymarket", gamma_url=server.url),
+        }
+        result = dg.materialize([markets], partition_key=today, resources=resources)
+        meta = result.asset_materializations_for_node("markets")[0].metadata
+        assert meta["markets"].value == 150 and meta["skipped"].value == 1
+        assert len(server.recorded()) >= 2  # more than one keyset page
+
+        # The first market closes and leaves the active list: it is looked up by id.
+        closed = gamma_market(0, closed=True, active=False)
+        server.markets[0] = closed
+        result = dg.materialize([markets], partition_key=today, resources=resources)
+        meta = result.asset_materializations_for_node("markets")[0].metadata
+        assert meta["looked_up"].value >= 1 and meta["closed"].value == 1
+    with engine.connect() as conn:
+        status = conn.scalar(
+            sa.select(markets_table.c.status).where(
+                markets_table.c.source_id == closed["conditionId"]
+            )
+        )
+    assert status == "closed"
