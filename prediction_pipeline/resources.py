@@ -18,13 +18,25 @@ from pydantic import Field
 
 from prediction_pipeline.clients.gamma import DEFAULT_BASE_URL as DEFAULT_GAMMA_URL
 from prediction_pipeline.clients.gamma import GammaClient
+from prediction_pipeline.clients.http_retry import RetryPolicy
 from prediction_pipeline.clients.market_sources import (
     MarketSource,
     PolymarketSource,
     SyntheticSource,
 )
+from prediction_pipeline.clients.openrouter import DEFAULT_BASE_URL as DEFAULT_OPENROUTER_URL
+from prediction_pipeline.clients.openrouter import (
+    OpenRouterAuthError,
+    OpenRouterClient,
+    OpenRouterCreditsError,
+    OpenRouterForbiddenError,
+    OpenRouterForecaster,
+)
+from prediction_pipeline.clients.rate_limit import ModelLimiter
+from prediction_pipeline.services.forecasters import BuiltinForecaster, Forecaster
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store.db import default_database_url, make_engine, safe_url
+from prediction_pipeline.store.models import BUILTIN_PROVIDER, ModelSpec
 
 
 class SchemaOutOfDateError(RuntimeError):
@@ -83,7 +95,52 @@ class MarketSourceResource(dg.ConfigurableResource):
         )
 
 
-def env_or(name: str, default: str) -> str | dg.EnvVar:
+class MissingApiKeyError(dg.Failure):
+    pass
+
+
+class Forecasters(dg.ConfigurableResource):
+    """Builds the forecaster of a registered model: a built-in baseline, or an OpenRouter
+    model with its own rate limiter and in-flight cap from the registry."""
+
+    openrouter_api_key: str | None = Field(
+        default=None, description="Set OPENROUTER_API_KEY; needed by non-built-in models only."
+    )
+    openrouter_base_url: str = DEFAULT_OPENROUTER_URL
+    timeout_seconds: float = Field(default=90.0, gt=0)
+    max_http_attempts: int = Field(default=6, ge=1, description="Per call, the first included.")
+    max_answer_attempts: int = Field(default=2, ge=1, description="Re-asks on invalid answers.")
+
+    def build(self, spec: ModelSpec, *, show_market_price: bool = False) -> Forecaster:
+        if spec.provider == BUILTIN_PROVIDER:
+            return BuiltinForecaster(spec.slug)
+        if not self.openrouter_api_key:
+            raise MissingApiKeyError(
+                f"model {spec.slug} runs on OpenRouter and OPENROUTER_API_KEY is not set",
+                allow_retries=False,
+            )
+        limiter = ModelLimiter(spec.requests_per_second, spec.max_in_flight, name=spec.slug)
+        client = OpenRouterClient(
+            self.openrouter_api_key,
+            base_url=self.openrouter_base_url,
+            timeout=self.timeout_seconds,
+            retry_policy=RetryPolicy(max_attempts=self.max_http_attempts, max_wait=60.0),
+            limiter=limiter,
+        )
+        return OpenRouterForecaster(
+            client,
+            spec.slug,
+            show_market_price=show_market_price,
+            max_attempts=self.max_answer_attempts,
+        )
+
+    @staticmethod
+    def fatal_errors() -> tuple[type[BaseException], ...]:
+        """Errors that every other market would hit too: stop the batch at once."""
+        return (OpenRouterAuthError, OpenRouterCreditsError, OpenRouterForbiddenError)
+
+
+def env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
     """dg.EnvVar(name) when the variable is set, else the offline default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
 
@@ -96,5 +153,9 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "market_source": MarketSourceResource(
             kind=env_or("PREDICTION_PIPELINE_MARKET_SOURCE", "synthetic"),
             gamma_url=env_or("POLYMARKET_GAMMA_URL", DEFAULT_GAMMA_URL),
+        ),
+        "forecasters": Forecasters(
+            openrouter_api_key=env_or("OPENROUTER_API_KEY", None),
+            openrouter_base_url=env_or("OPENROUTER_BASE_URL", DEFAULT_OPENROUTER_URL),
         ),
     }

@@ -61,3 +61,81 @@ market_snapshots = sa.Table(
     sa.UniqueConstraint("market_id", "day"),
     sa.Index("ix_market_snapshots_day", "day"),
 )
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("slug", sa.String(200), primary_key=True),  # e.g. openai/gpt-4o, baseline/market
+    sa.Column("provider", sa.String(32), nullable=False),  # builtin | openrouter
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("web_search", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("max_in_flight", sa.Integer, nullable=False, server_default="4"),
+    sa.Column("requests_per_second", sa.Float, nullable=False, server_default="2"),
+    sa.Column("max_cost_usd", sa.Float),  # spend cap per (model, day); NULL = no cap
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "market_id", sa.Integer, sa.ForeignKey("markets.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("model_slug", sa.String(200), sa.ForeignKey("models.slug"), nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("origin", sa.String(16), nullable=False),  # batch | request | session
+    sa.Column("request_id", sa.String(64)),
+    sa.Column("session_id", sa.String(64)),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("confidence", sa.Float),
+    sa.Column("rationale", sa.Text, nullable=False, server_default=""),
+    sa.Column("market_price", sa.Float),  # YES price when the prediction was made
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("latency_ms", sa.Float, nullable=False, server_default="0"),
+    sa.Column("web_search_used", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("experiment_tag", sa.String(128)),
+    sa.Column("experiment_notes", sa.Text),
+    sa.Column("run_id", sa.String(64)),  # the Dagster run that made it
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("probability >= 0 AND probability <= 1", name="probability_range"),
+    sa.UniqueConstraint("request_id"),
+    sa.UniqueConstraint("session_id", "model_slug"),
+    # Batch idempotency: one prediction per (market, model, day).
+    sa.Index(
+        "uq_predictions_batch_market_model_day",
+        "market_id",
+        "model_slug",
+        "day",
+        unique=True,
+        sqlite_where=sa.text("origin = 'batch'"),
+        postgresql_where=sa.text("origin = 'batch'"),
+    ),
+    sa.Index("ix_predictions_model_day", "model_slug", "day"),
+    sa.Index("ix_predictions_day", "day"),
+)
+
+prediction_failures = sa.Table(
+    "prediction_failures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "market_id", sa.Integer, sa.ForeignKey("markets.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("model_slug", sa.String(200), sa.ForeignKey("models.slug"), nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("origin", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # error | budget
+    sa.Column("error_type", sa.String(64), nullable=False),
+    sa.Column("last_error", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("first_failed_at", UTCDateTime, nullable=False),
+    sa.Column("last_failed_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime),  # set when a later run stored the prediction
+    sa.Column("run_id", sa.String(64)),
+    sa.UniqueConstraint("market_id", "model_slug", "day", "origin"),
+)

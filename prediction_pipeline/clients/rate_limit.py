@@ -1,0 +1,164 @@
+"""Per-model call limits inside one run: a steady rate, an in-flight cap, a shared cooldown.
+
+`ModelLimiter` is used around each HTTP *attempt* (not around a whole retry loop, so a call
+sleeping between retries holds no slot)::
+
+    async with limiter:
+        response = await http.post(...)
+    if response.status_code == 429:
+        limiter.pause(retry_after or default)
+
+Entering it waits, in order, for:
+
+1. the cooldown: `pause(seconds)` (called on a 429, with or without Retry-After) makes every
+   caller of the model wait until it ends, so a burst of 429s backs the whole model off rather
+   than only the call that saw one;
+2. an in-flight slot (`asyncio.Semaphore(max_in_flight)`);
+3. a rate token from an `aiolimiter.AsyncLimiter`. If a pause began while it waited for the
+   token, the token is given up and it waits for the cooldown again, so callers do not all
+   fire together the moment a cooldown ends.
+
+Burst: `AsyncLimiter(max_rate, time_period)` is a leaky bucket of capacity `max_rate` that
+drains at `max_rate / time_period` per second. The obvious `AsyncLimiter(rps, 1)` lets a whole
+second's quota (`rps` calls) go out at once after an idle spell, which is exactly the spike
+that trips a provider's own limiter (often a sliding window or a smaller bucket) and makes the
+first wave of a run come back as 429s. We use capacity `burst` (default 1) and period
+`burst / rps`: the same long-run rate, but calls are spaced `1/rps` apart from the start. A
+larger `burst` trades smoothness for latency when the provider is known to allow it.
+
+All times are the running event loop's clock (`loop.time()`, as aiolimiter uses), so the
+limiter can be tested on a virtual-time loop. The asyncio primitives are bound to one event
+loop; the limiter rebuilds them when used from a new loop (e.g. one `asyncio.run` per run) and
+nothing is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from types import TracebackType
+
+from aiolimiter import AsyncLimiter
+
+
+class ModelLimiter:
+    """Steady rate + in-flight cap + shared cooldown for the calls to one model."""
+
+    def __init__(
+        self,
+        requests_per_second: float,
+        max_in_flight: int,
+        *,
+        burst: float = 1.0,
+        name: str = "",
+    ) -> None:
+        if not (math.isfinite(requests_per_second) and requests_per_second > 0):
+            raise ValueError("requests_per_second must be a positive number")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        if not burst >= 1:
+            raise ValueError("burst must be >= 1")
+        self.requests_per_second = float(requests_per_second)
+        self.max_in_flight = int(max_in_flight)
+        self.burst = float(burst)
+        self.name = name
+        # Observable state (for metadata and tests).
+        self.in_flight = 0
+        self.max_in_flight_seen = 0
+        self.acquired = 0
+        self.pauses: list[float] = []  # seconds asked by each pause() call
+        self._resume_at = 0.0  # loop time before which nobody may acquire
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._rate: AsyncLimiter | None = None
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        return (
+            f"ModelLimiter({label}rps={self.requests_per_second:g}, "
+            f"max_in_flight={self.max_in_flight}, in_flight={self.in_flight})"
+        )
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def pause_count(self) -> int:
+        return len(self.pauses)
+
+    @property
+    def paused_until(self) -> float:
+        """Loop time at which the current cooldown ends (in the past when not paused)."""
+        return self._resume_at
+
+    def cooldown_remaining(self) -> float:
+        """Seconds left in the current cooldown (0 when not paused or outside a loop)."""
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            return 0.0
+        return max(0.0, self._resume_at - now)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every new acquisition for `seconds` from now (extends, never shortens, a
+        cooldown already running). Must be called from the event loop's thread."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("pause seconds must be a finite number >= 0")
+        self._bind()
+        self.pauses.append(float(seconds))
+        now = asyncio.get_running_loop().time()
+        self._resume_at = max(self._resume_at, now + seconds)
+
+    # -- acquisition --------------------------------------------------------------------
+
+    def _bind(self) -> tuple[asyncio.Semaphore, AsyncLimiter]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._semaphore is None or self._rate is None:
+            if self.in_flight:
+                raise RuntimeError("ModelLimiter used from two event loops at once")
+            if self._loop is not None:
+                self._resume_at = 0.0  # a new loop has a new clock
+            self._loop = loop
+            self._semaphore = asyncio.Semaphore(self.max_in_flight)
+            self._rate = AsyncLimiter(self.burst, self.burst / self.requests_per_second)
+        return self._semaphore, self._rate
+
+    async def _wait_cooldown(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (remaining := self._resume_at - loop.time()) > 0:
+            await asyncio.sleep(remaining)
+
+    async def acquire(self) -> None:
+        semaphore, rate = self._bind()
+        loop = asyncio.get_running_loop()
+        await self._wait_cooldown(loop)
+        await semaphore.acquire()
+        try:
+            while True:
+                await self._wait_cooldown(loop)
+                await rate.acquire()
+                if self._resume_at <= loop.time():
+                    break
+                # A pause began while we waited for the token: give it up, wait again.
+        except BaseException:
+            semaphore.release()
+            raise
+        self.in_flight += 1
+        self.acquired += 1
+        self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+
+    def release(self) -> None:
+        if self._semaphore is None or self.in_flight <= 0:
+            raise RuntimeError("ModelLimiter released more often than acquired")
+        self.in_flight -= 1
+        self._semaphore.release()
+
+    async def __aenter__(self) -> ModelLimiter:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,297 @@
+"""ModelLimiter: steady rate, in-flight cap, shared cooldown.
+
+The tests run on an event loop with a *virtual clock*: when every task is waiting, the loop
+jumps its clock to the next timer instead of sleeping. aiolimiter and the limiter read the
+loop's clock, so rates and pauses are checked exactly, in no wall-clock time and with no
+timing flakiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from prediction_pipeline.clients.rate_limit import ModelLimiter
+
+EPS = 1e-6
+TICK = 1e-9  # virtual seconds per turn of the event loop
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock advances by the select timeout instead of waiting."""
+
+    def __init__(self) -> None:
+        super().__init__(selectors.DefaultSelector())
+        self._virtual_now = 0.0
+        real_select = self._selector.select
+
+        def select(timeout: float | None = None) -> list[Any]:
+            if timeout is None:  # nothing scheduled: only I/O could wake us
+                events = real_select(5.0)
+                if not events:
+                    raise RuntimeError("virtual clock loop: every task waits forever")
+                return events
+            # Like a real clock, time also moves a little on every turn of the loop: a
+            # timer computed to fire "now" (float rounding in aiolimiter) cannot spin forever.
+            self._virtual_now += max(timeout, 0.0) + TICK
+            return real_select(0)
+
+        self._selector.select = select  # type: ignore[method-assign]
+
+    def time(self) -> float:
+        return self._virtual_now
+
+
+def run_virtual(main: Callable[[], Awaitable[Any]]) -> Any:
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        return runner.run(main())
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def test_virtual_clock_loop_really_is_virtual() -> None:
+    async def main() -> float:
+        await asyncio.sleep(3600)
+        return now()
+
+    assert run_virtual(main) == pytest.approx(3600)
+
+
+# -- rate ----------------------------------------------------------------------------------
+
+
+def _acquisition_times(limiter: ModelLimiter, n: int) -> list[float]:
+    async def main() -> list[float]:
+        times: list[float] = []
+
+        async def one() -> None:
+            async with limiter:
+                times.append(now())
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        return times
+
+    return run_virtual(main)
+
+
+def test_rate_is_steady_without_a_burst() -> None:
+    times = _acquisition_times(ModelLimiter(requests_per_second=10, max_in_flight=100), 25)
+
+    assert len(times) == 25
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.1 - EPS  # spaced 1/rps apart from the very start: no burst
+    assert times[-1] == pytest.approx(2.4, abs=0.01)  # and not slower than the rate
+    for start in times:  # no one-second window holds more than the rate
+        assert sum(1 for t in times if start <= t < start + 1.0) <= 10
+
+
+def test_burst_lets_that_many_through_at_once_then_the_rate() -> None:
+    times = _acquisition_times(ModelLimiter(10, 100, burst=5), 25)
+
+    assert sum(1 for t in times if t < EPS) == 5
+    assert times[-1] == pytest.approx(2.0, abs=0.01)  # 20 more at 10/s
+
+
+def test_fractional_rate() -> None:
+    times = _acquisition_times(ModelLimiter(requests_per_second=0.5, max_in_flight=1), 3)
+    assert times == pytest.approx([0.0, 2.0, 4.0], abs=0.01)
+
+
+# -- in-flight cap -------------------------------------------------------------------------
+
+
+def test_in_flight_cap_is_never_exceeded() -> None:
+    limiter = ModelLimiter(requests_per_second=1000, max_in_flight=3)
+
+    async def main() -> int:
+        current = peak = 0
+
+        async def one(i: int) -> None:
+            nonlocal current, peak
+            async with limiter:
+                current += 1
+                peak = max(peak, current)
+                assert limiter.in_flight == current <= 3
+                await asyncio.sleep(0.01 * (1 + i % 4))
+                current -= 1
+
+        await asyncio.gather(*(one(i) for i in range(30)))
+        return peak
+
+    assert run_virtual(main) == 3
+    assert limiter.max_in_flight_seen == 3
+    assert limiter.in_flight == 0
+    assert limiter.acquired == 30
+
+
+def test_slot_is_released_when_the_body_raises() -> None:
+    limiter = ModelLimiter(1000, 1)
+
+    async def main() -> None:
+        with pytest.raises(ValueError):
+            async with limiter:
+                raise ValueError("boom")
+        async with limiter:
+            assert limiter.in_flight == 1
+
+    run_virtual(main)
+    assert limiter.in_flight == 0
+
+
+def test_cancelled_waiter_gives_its_slot_back() -> None:
+    limiter = ModelLimiter(1000, 1)
+
+    async def main() -> None:
+        async with limiter:
+            waiter = asyncio.create_task(limiter.acquire())
+            await asyncio.sleep(0.1)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        async with limiter:
+            pass
+
+    run_virtual(main)
+    assert limiter.in_flight == 0
+
+
+# -- cooldown ------------------------------------------------------------------------------
+
+
+def test_pause_blocks_every_other_caller_until_it_ends() -> None:
+    limiter = ModelLimiter(requests_per_second=100, max_in_flight=10)
+
+    async def main() -> list[float]:
+        async with limiter:  # t = 0: this call "saw a 429"
+            limiter.pause(5.0)
+        assert limiter.cooldown_remaining() == pytest.approx(5.0)
+        times: list[float] = []
+
+        async def other() -> None:
+            async with limiter:
+                times.append(now())
+
+        await asyncio.gather(*(other() for _ in range(4)))
+        return times
+
+    times = run_virtual(main)
+    assert len(times) == 4
+    assert min(times) >= 5.0 - EPS
+    # After the cooldown the steady rate resumes: no stampede.
+    assert sorted(times) == pytest.approx([5.0, 5.01, 5.02, 5.03], abs=1e-3)
+    assert limiter.pauses == [5.0]
+    assert limiter.pause_count == 1
+
+
+def test_pause_holds_callers_already_queued_for_a_slot() -> None:
+    limiter = ModelLimiter(requests_per_second=100, max_in_flight=1)
+
+    async def main() -> float:
+        waited: list[float] = []
+
+        async def queued() -> None:
+            async with limiter:
+                waited.append(now())
+
+        async with limiter:
+            task = asyncio.create_task(queued())  # waits for the one slot
+            await asyncio.sleep(1.0)
+            limiter.pause(3.0)  # at t = 1: cooldown until t = 4
+        await task
+        return waited[0]
+
+    assert run_virtual(main) >= 4.0 - EPS
+
+
+def test_pause_holds_a_caller_waiting_for_a_rate_token() -> None:
+    limiter = ModelLimiter(requests_per_second=1, max_in_flight=5)
+
+    async def main() -> float:
+        async with limiter:  # t = 0 takes the only token
+            pass
+        task = asyncio.create_task(_acquire_at(limiter))  # its token comes at t = 1
+        await asyncio.sleep(0.5)
+        limiter.pause(2.0)  # cooldown until t = 2.5
+        return await task
+
+    assert run_virtual(main) >= 2.5 - EPS
+
+
+async def _acquire_at(limiter: ModelLimiter) -> float:
+    async with limiter:
+        return now()
+
+
+def test_pause_extends_but_never_shortens() -> None:
+    limiter = ModelLimiter(100, 1)
+
+    async def main() -> float:
+        limiter.pause(5.0)
+        limiter.pause(1.0)
+        return await _acquire_at(limiter)
+
+    assert run_virtual(main) == pytest.approx(5.0)
+    assert limiter.pauses == [5.0, 1.0]
+
+
+def test_zero_pause_does_not_block() -> None:
+    limiter = ModelLimiter(100, 1)
+
+    async def main() -> float:
+        limiter.pause(0)
+        return await _acquire_at(limiter)
+
+    assert run_virtual(main) == pytest.approx(0.0, abs=EPS)
+
+
+# -- lifecycle and validation --------------------------------------------------------------
+
+
+def test_limiter_can_be_reused_across_event_loops() -> None:
+    limiter = ModelLimiter(100, 2)
+
+    async def main() -> None:
+        limiter.pause(1.0)
+        async with limiter:
+            pass
+
+    run_virtual(main)
+    asyncio.run(_acquire_at(limiter))  # a fresh loop, real clock: no stale cooldown
+    assert limiter.acquired == 2
+    assert limiter.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("rps", "in_flight", "burst"),
+    [(0, 1, 1), (-1, 1, 1), (float("inf"), 1, 1), (1, 0, 1), (1, 1, 0.5)],
+)
+def test_invalid_settings(rps: float, in_flight: int, burst: float) -> None:
+    with pytest.raises(ValueError):
+        ModelLimiter(rps, in_flight, burst=burst)
+
+
+def test_invalid_pause() -> None:
+    limiter = ModelLimiter(1, 1)
+
+    async def main() -> None:
+        with pytest.raises(ValueError):
+            limiter.pause(-1)
+
+    run_virtual(main)
+
+
+def test_release_without_acquire_is_an_error() -> None:
+    with pytest.raises(RuntimeError):
+        ModelLimiter(1, 1).release()
+
+
+def test_repr() -> None:
+    assert repr(ModelLimiter(2.5, 3, name="openai/gpt-4o")) == (
+        "ModelLimiter('openai/gpt-4o', rps=2.5, max_in_flight=3, in_flight=0)"
+    )
