@@ -247,39 +247,25 @@ def predictions_failures(obj: Context, model: str | None, day, limit: int) -> No
 
 @main.command()
 @click.option("--day", default=None, help="Partition day (default: today, UTC).")
+@click.option("--history-days", default=14, show_default=True, help="Days of markets before it.")
 @click.pass_obj
-def demo(obj: Context, day: str | None) -> None:
+def demo(obj: Context, day: str | None, history_days: int) -> None:
     """Run today's pipeline on the offline defaults into $DAGSTER_HOME and summarise it."""
     import datetime as dt
 
     import dagster as dg
 
-    from prediction_pipeline.definitions import defs
+    from prediction_pipeline.demo import run_demo
 
-    day = day or dt.datetime.now(dt.UTC).date().isoformat()
+    today = dt.date.fromisoformat(day) if day else dt.datetime.now(dt.UTC).date()
     migrate.upgrade(obj.engine)
-    instance = dg.DagsterInstance.get()
-    result = defs.resolve_job_def("markets_job").execute_in_process(
-        partition_key=day, instance=instance
-    )
-    meta = result.asset_materializations_for_node("markets")[0].metadata
-    click.echo(
-        f"\nmarkets {day}: run {result.run_id} {'succeeded' if result.success else 'FAILED'}"
-    )
-    click.echo(
-        "  "
-        + ", ".join(
-            f"{k}={meta[k].value}"
-            for k in ("source", "markets", "new", "updated", "closed", "resolved", "skipped")
-        )
-    )
-    checks = result.get_asset_check_evaluations()
-    click.echo(f"  checks: {sum(c.passed for c in checks)}/{len(checks)} passed")
+    ok = run_demo(obj.engine, today, history_days, click.echo)
     click.echo(f"\napp database: {safe_url(obj.database_url)}")
-    click.echo(f"dagster home: {instance.root_directory}")
-    click.echo("look at it:   make ui   (then http://127.0.0.1:3000 -> Assets, Runs)")
+    click.echo(f"dagster home: {dg.DagsterInstance.get().root_directory}")
+    click.echo("look at it:   make ui   (http://127.0.0.1:3000 -> Assets, Runs, Automation)")
     click.echo("              .venv/bin/prediction-pipeline markets show --limit 10")
-    if not result.success:
+    click.echo("              .venv/bin/prediction-pipeline predictions show --limit 10")
+    if not ok:
         raise SystemExit(1)
 
 

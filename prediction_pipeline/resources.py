@@ -109,6 +109,8 @@ class Forecasters(dg.ConfigurableResource):
     openrouter_base_url: str = DEFAULT_OPENROUTER_URL
     timeout_seconds: float = Field(default=90.0, gt=0)
     max_http_attempts: int = Field(default=6, ge=1, description="Per call, the first included.")
+    retry_initial_wait_seconds: float = Field(default=1.0, ge=0, description="Backoff base.")
+    retry_max_wait_seconds: float = Field(default=60.0, ge=0, description="Cap on one wait.")
     max_answer_attempts: int = Field(default=2, ge=1, description="Re-asks on invalid answers.")
 
     def build(self, spec: ModelSpec, *, show_market_price: bool = False) -> Forecaster:
@@ -124,7 +126,12 @@ class Forecasters(dg.ConfigurableResource):
             self.openrouter_api_key,
             base_url=self.openrouter_base_url,
             timeout=self.timeout_seconds,
-            retry_policy=RetryPolicy(max_attempts=self.max_http_attempts, max_wait=60.0),
+            retry_policy=RetryPolicy(
+                max_attempts=self.max_http_attempts,
+                initial_wait=self.retry_initial_wait_seconds,
+                max_wait=self.retry_max_wait_seconds,
+                max_retry_after=self.retry_max_wait_seconds,
+            ),
             limiter=limiter,
         )
         return OpenRouterForecaster(

@@ -6,18 +6,17 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from prediction_pipeline.defs.markets.assets import markets
 from prediction_pipeline.defs.predictions.assets import predictions
 from prediction_pipeline.resources import AppDatabase, Forecasters, MarketSourceResource
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store.tables import market_snapshots, prediction_failures
 from prediction_pipeline.store.tables import predictions as predictions_table
-
-DAY = dt.date(2026, 11, 2)
-
-
-def partition(model: str, day: dt.date = DAY) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({"day": day.isoformat(), "model": model})
+from prediction_pipeline_tests.pipeline_helpers import (
+    ingest_days,
+    materialization_metadata,
+    partition,
+    step_error,
+)
 
 
 @pytest.fixture
@@ -35,14 +34,6 @@ def resources(database_url: str, **forecasters) -> dict:
     }
 
 
-def ingest_days(database_url: str, instance, days: int = 8) -> None:
-    for offset in range(days - 1, -1, -1):
-        day = (DAY - dt.timedelta(days=offset)).isoformat()
-        assert dg.materialize(
-            [markets], partition_key=day, resources=resources(database_url), instance=instance
-        ).success
-
-
 def run(database_url, instance, model, config=None, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [predictions],
@@ -54,23 +45,16 @@ def run(database_url, instance, model, config=None, **kwargs) -> dg.ExecuteInPro
     )
 
 
-def meta(result) -> dict:
-    return {
-        k: v.value
-        for k, v in result.asset_materializations_for_node("predictions")[0].metadata.items()
-    }
-
-
 def test_baselines_predict_top_markets_once(database_url, engine, instance):
     ingest_days(database_url, instance)
     first = run(database_url, instance, "baseline/market", {"top_markets_count": 20})
     assert first.success
-    m = meta(first)
+    m = materialization_metadata(first, "predictions")
     assert (m["selected"], m["predicted"], m["failed"], m["skipped_existing"]) == (20, 20, 0, 0)
     assert all(c.passed for c in first.get_asset_check_evaluations())
 
     second = run(database_url, instance, "baseline/market", {"top_markets_count": 20})
-    m = meta(second)
+    m = materialization_metadata(second, "predictions")
     assert (m["predicted"], m["skipped_existing"]) == (0, 20)
 
     with engine.connect() as conn:
@@ -96,7 +80,7 @@ def test_momentum_uses_history_and_a_wider_pick_adds_only_the_new(database_url, 
         "baseline/momentum",
         {"top_markets_count": 25, "experiment_tag": "wider"},
     )
-    m = meta(result)
+    m = materialization_metadata(result, "predictions")
     assert (m["predicted"], m["skipped_existing"]) == (15, 10)
     with engine.connect() as conn:
         probs = conn.execute(
@@ -159,7 +143,7 @@ def test_disabled_and_unknown_models_fail_clearly(database_url, engine, instance
     with engine.begin() as conn:
         model_store.update_model(conn, "baseline/momentum", enabled=False)
     result = run(database_url, instance, "baseline/momentum", raise_on_error=False)
-    error = str(result.get_step_failure_events()[0].event_specific_data.error)
+    error = step_error(result)
     assert "models enable baseline/momentum" in error
 
     instance.add_dynamic_partitions("models", ["acme/unknown"])
@@ -175,7 +159,7 @@ def test_openrouter_model_without_key_fails_only_that_partition(database_url, en
         model_store.upsert_model(conn, model_store.ModelSpec("openai/gpt-4o", "openrouter"))
     instance.add_dynamic_partitions("models", ["openai/gpt-4o"])
     result = run(database_url, instance, "openai/gpt-4o", raise_on_error=False)
-    error = str(result.get_step_failure_events()[0].event_specific_data.error)
+    error = step_error(result)
     assert "OPENROUTER_API_KEY is not set" in error
     with engine.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(prediction_failures)) == 0

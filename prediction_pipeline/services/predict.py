@@ -95,7 +95,7 @@ class PredictionReport:
 
 
 def _is_fatal(exc: BaseException, fatal_types: tuple[type[BaseException], ...]) -> bool:
-    return isinstance(exc, FatalForecastError | fatal_types)
+    return isinstance(exc, (FatalForecastError, *fatal_types))
 
 
 async def run_predictions(

@@ -132,9 +132,7 @@ def predictions(
         )
 
     with engine.connect() as conn:
-        check_results = evaluate_checks(
-            conn, model, day, {c.market_id for c in contexts}, config.max_failure_share
-        )
+        check_results = evaluate_checks(conn, model, day, {c.market_id for c in contexts})
     return dg.MaterializeResult(
         metadata={
             "model": model,

@@ -1,0 +1,62 @@
+import dagster as dg
+from click.testing import CliRunner
+
+from prediction_pipeline.cli import main
+from prediction_pipeline.store import migrate
+from prediction_pipeline.store.db import make_engine
+from prediction_pipeline_tests.pipeline_helpers import ingest_days
+
+
+def cli(url: str, *args: str, **env) -> str:
+    result = CliRunner().invoke(main, ["--database-url", url, *args], env=env)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_db_upgrade_and_markets_show(empty_database_url):
+    assert "at 0002" in cli(empty_database_url, "db", "upgrade")
+    assert "current: 0002" in cli(empty_database_url, "db", "current")
+    assert "no markets" in cli(empty_database_url, "markets", "show")
+    with dg.instance_for_test() as instance:
+        ingest_days(empty_database_url, instance, days=1, size=50)
+    out = cli(empty_database_url, "markets", "show", "--limit", "3", "--status", "open")
+    assert len(out.strip().splitlines()) == 4 and "syn-" in out
+
+
+def test_models_registry_commands(database_url, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    out = cli(
+        database_url,
+        "models",
+        "add",
+        "openai/gpt-4o:online",
+        "--web-search",
+        "--max-in-flight",
+        "3",
+        "--rps",
+        "1.5",
+        "--max-cost-usd",
+        "2",
+        DAGSTER_HOME=str(home),
+    )
+    assert "enabled (openrouter)" in out and "added partition 'openai/gpt-4o:online'" in out
+    listing = cli(database_url, "models", "list")
+    assert "baseline/market" in listing and "baseline/momentum" in listing
+    line = next(r for r in listing.splitlines() if r.startswith("openai/gpt-4o:online"))
+    assert line.split()[1:] == ["openrouter", "true", "true", "3", "1.5", "2"]
+    assert "disabled" in cli(database_url, "models", "disable", "openai/gpt-4o:online")
+    assert "enabled" in cli(
+        database_url, "models", "enable", "openai/gpt-4o:online", DAGSTER_HOME=""
+    )
+    bad = CliRunner().invoke(main, ["--database-url", database_url, "models", "add", "a b"])
+    assert bad.exit_code != 0 and "invalid model slug" in bad.output
+    missing = CliRunner().invoke(main, ["--database-url", database_url, "models", "enable", "x/y"])
+    assert missing.exit_code != 0 and "no model 'x/y'" in missing.output
+    assert "no open failures" in cli(database_url, "predictions", "failures")
+
+
+def test_unmigrated_database_is_reported(empty_database_url):
+    engine = make_engine(empty_database_url)
+    assert migrate.current_revision(engine) is None
+    assert "current: none" in cli(empty_database_url, "db", "current")
