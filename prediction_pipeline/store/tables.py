@@ -139,3 +139,69 @@ prediction_failures = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.UniqueConstraint("market_id", "model_slug", "day", "origin"),
 )
+
+prediction_deltas = sa.Table(
+    "prediction_deltas",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "prediction_id",
+        sa.Integer,
+        sa.ForeignKey("predictions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("snapshot_day", sa.Date, nullable=False),
+    sa.Column("market_price", sa.Float, nullable=False),  # YES price on the snapshot day
+    sa.Column("price_then", sa.Float),  # YES price when the prediction was made
+    sa.Column("delta", sa.Float, nullable=False),  # market_price - probability
+    sa.Column("abs_delta", sa.Float, nullable=False),
+    sa.Column("direction", sa.String(8), nullable=False),  # toward | away | flat | unknown
+    sa.Column("computed_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("prediction_id", "snapshot_day"),
+    sa.Index("ix_prediction_deltas_snapshot_day", "snapshot_day"),
+)
+
+forecast_scores = sa.Table(
+    "forecast_scores",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "prediction_id",
+        sa.Integer,
+        sa.ForeignKey("predictions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("model_slug", sa.String(200), nullable=False),
+    sa.Column("market_id", sa.Integer, nullable=False),
+    sa.Column("category", sa.String(128)),
+    sa.Column("horizon_days", sa.Float),  # end date minus prediction day
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("market_price", sa.Float),
+    sa.Column("outcome", sa.Float, nullable=False),  # 1 = YES, 0 = NO
+    sa.Column("brier", sa.Float, nullable=False),
+    sa.Column("log_score", sa.Float, nullable=False),
+    sa.Column("market_brier", sa.Float),
+    sa.Column("market_log_score", sa.Float),
+    sa.Column("scored_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("prediction_id"),
+    sa.Index("ix_forecast_scores_model_slug", "model_slug"),
+)
+
+model_leaderboard = sa.Table(
+    "model_leaderboard",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("dimension", sa.String(16), nullable=False),  # overall | category | horizon
+    sa.Column("bucket", sa.String(128), nullable=False),  # "all", a category, "8-30d", ...
+    sa.Column("model", sa.String(200), nullable=False),  # a model slug, or "market"
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("n_market", sa.Integer, nullable=False),
+    sa.Column("mean_brier", sa.Float),
+    sa.Column("mean_log_score", sa.Float),
+    sa.Column("market_brier", sa.Float),
+    sa.Column("market_log_score", sa.Float),
+    sa.Column("skill_vs_market", sa.Float),
+    sa.Column("ece", sa.Float),
+    sa.Column("computed_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("dimension", "bucket", "model"),
+)
