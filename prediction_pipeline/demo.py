@@ -1,8 +1,9 @@
 """`make demo`: run the daily pipeline on the offline defaults into $DAGSTER_HOME.
 
 Runs go through the code location's own jobs on the real instance, so they show up in the
-UI (Runs, Assets) afterwards. A short history of days is materialized first so the momentum
-baseline has a trend to follow.
+UI (Runs, Assets) afterwards. Two weeks of history are materialized first (markets and the
+built-in models' predictions), so the momentum baseline has a trend to follow, deltas have
+predictions to compare, and markets resolve for the leaderboard.
 """
 
 from __future__ import annotations
@@ -15,9 +16,102 @@ import dagster as dg
 from prediction_pipeline.definitions import defs
 from prediction_pipeline.partitions import model_partitions
 from prediction_pipeline.store import models as model_store
+from prediction_pipeline.store import scoring as score_store
 
 # Keep the demo's console readable: the UI has the full event log.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+Echo = Callable[[str], None]
+
+
+class Demo:
+    def __init__(self, engine, today: dt.date, history_days: int, echo: Echo) -> None:
+        self.engine = engine
+        self.today = today
+        self.days = [today - dt.timedelta(days=n) for n in range(history_days, -1, -1)]
+        self.echo = echo
+        self.instance = dg.DagsterInstance.get()
+        self.ok = True
+
+    def run(self, job: str, partition_key=None, **kwargs) -> dg.ExecuteInProcessResult:
+        result = defs.resolve_job_def(job).execute_in_process(
+            partition_key=partition_key,
+            instance=self.instance,
+            raise_on_error=False,
+            run_config=QUIET,
+            **kwargs,
+        )
+        if not result.success:
+            self.ok = False
+            failure = result.get_step_failure_events()
+            reason = failure[0].event_specific_data.error.message.strip() if failure else "?"
+            self.echo(f"  {job} {partition_key} FAILED: {reason.splitlines()[0][:160]}")
+        return result
+
+    def markets(self) -> None:
+        self.echo(f"markets: {len(self.days)} days up to {self.today} ...")
+        for day in self.days:
+            result = self.run("markets_job", day.isoformat())
+        meta = _metadata(result, "markets")
+        checks = result.get_asset_check_evaluations()
+        self.echo(
+            f"  {self.today}: {meta.get('markets')} markets ({meta.get('new')} new, "
+            f"{meta.get('resolved')} resolved today), checks "
+            f"{sum(c.passed for c in checks)}/{len(checks)} passed"
+        )
+
+    def predictions(self) -> None:
+        with self.engine.connect() as conn:
+            enabled = [m.slug for m in model_store.list_models(conn, enabled_only=True)]
+        missing = [
+            s for s in enabled if not self.instance.has_dynamic_partition(model_partitions.name, s)
+        ]
+        if missing:
+            self.instance.add_dynamic_partitions(model_partitions.name, missing)
+        self.echo(f"predictions: {len(enabled)} enabled models x {len(self.days)} days ...")
+        for slug in enabled:
+            for day in self.days:
+                key = dg.MultiPartitionKey({"day": day.isoformat(), "model": slug})
+                result = self.run("predictions_job", key)
+            if result.success:
+                meta = _metadata(result, "predictions")
+                self.echo(
+                    f"  {slug:<20} {self.today}: predicted={meta['predicted']} "
+                    f"already={meta['skipped_existing']} failed={meta['failed']} "
+                    f"cost=${meta['cost_usd']:.4f} p50={meta['latency_p50_ms']}ms"
+                )
+
+    def deltas(self) -> None:
+        result = self.run("deltas_job", self.today.isoformat())
+        if result.success:
+            meta = _metadata(result, "prediction_deltas")
+            self.echo(
+                f"deltas {self.today}: {meta['deltas']} rows; mean |delta| by model "
+                f"{meta['mean_abs_delta_by_model']}"
+            )
+
+    def scoring(self) -> None:
+        result = self.run("scoring_job")
+        if not result.success:
+            return
+        scores = _metadata(result, "forecast_scores")
+        board = _metadata(result, "model_leaderboard")
+        self.echo(
+            f"scores: {scores['newly_scored']} predictions on resolved markets scored "
+            f"({scores['excluded_closed_unresolved']} closed-unresolved and "
+            f"{scores['excluded_void']} void excluded)"
+        )
+        with self.engine.connect() as conn:
+            overall = score_store.read_leaderboard(conn, "overall")
+        if not overall.empty:
+            self.echo("leaderboard (lower Brier is better; skill > 0 beats the market):")
+            for row in overall.itertuples():
+                self.echo(
+                    f"  {row.model:<20} n={row.n:<5} brier={row.mean_brier:.4f} "
+                    f"log={row.mean_log_score:.4f} skill={row.skill_vs_market:+.3f} "
+                    f"ece={row.ece:.3f}"
+                )
+            self.echo(f"  calibration chart: {board.get('calibration_chart')}")
 
 
 def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict:
@@ -25,48 +119,10 @@ def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict:
     return {k: v.value for k, v in events[0].metadata.items()} if events else {}
 
 
-def run_demo(engine, today: dt.date, history_days: int, echo: Callable[[str], None]) -> bool:
-    instance = dg.DagsterInstance.get()
-    ok = True
-    markets_job = defs.resolve_job_def("markets_job")
-    echo(f"markets: {history_days} days of history up to {today} ...")
-    for offset in range(history_days, -1, -1):
-        day = (today - dt.timedelta(days=offset)).isoformat()
-        result = markets_job.execute_in_process(
-            partition_key=day, instance=instance, run_config=QUIET
-        )
-        ok &= result.success
-    meta = _metadata(result, "markets")
-    checks = result.get_asset_check_evaluations()
-    echo(
-        f"markets {today}: {meta.get('markets')} markets ({meta.get('new')} new, "
-        f"{meta.get('resolved')} resolved today), checks {sum(c.passed for c in checks)}/"
-        f"{len(checks)} passed"
-    )
-
-    with engine.connect() as conn:
-        enabled = model_store.list_models(conn, enabled_only=True)
-    missing = [
-        m.slug for m in enabled if not instance.has_dynamic_partition(model_partitions.name, m.slug)
-    ]
-    if missing:
-        instance.add_dynamic_partitions(model_partitions.name, missing)
-    predictions_job = defs.resolve_job_def("predictions_job")
-    echo(f"\npredictions {today}:")
-    for spec in enabled:
-        key = dg.MultiPartitionKey({"day": today.isoformat(), "model": spec.slug})
-        result = predictions_job.execute_in_process(
-            partition_key=key, instance=instance, raise_on_error=False, run_config=QUIET
-        )
-        if not result.success:
-            ok = False
-            failure = result.get_step_failure_events()
-            reason = failure[0].event_specific_data.error.message.strip() if failure else "?"
-            echo(f"  {spec.slug:<24} FAILED: {reason.splitlines()[0][:160]}")
-            continue
-        meta = _metadata(result, "predictions")
-        echo(
-            f"  {spec.slug:<24} predicted={meta['predicted']} already={meta['skipped_existing']} "
-            f"failed={meta['failed']} cost=${meta['cost_usd']:.4f} p50={meta['latency_p50_ms']}ms"
-        )
-    return ok
+def run_demo(engine, today: dt.date, history_days: int, echo: Echo) -> bool:
+    demo = Demo(engine, today, history_days, echo)
+    demo.markets()
+    demo.predictions()
+    demo.deltas()
+    demo.scoring()
+    return demo.ok

@@ -39,8 +39,11 @@ from prediction_pipeline.store.db import default_database_url, make_engine, safe
 from prediction_pipeline.store.models import BUILTIN_PROVIDER, ModelSpec
 
 
-class SchemaOutOfDateError(RuntimeError):
-    pass
+class SchemaOutOfDateError(dg.Failure):
+    """Not worth retrying: only an operator's `db upgrade` fixes it."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, allow_retries=False)
 
 
 @lru_cache(maxsize=32)

@@ -25,8 +25,8 @@ EPOCH = dt.date(2024, 1, 1)
 MIN_LIFE_DAYS = 14
 MAX_LIFE_DAYS = 240
 MAX_RESOLUTION_LAG_DAYS = 3
-_WALK_SIGMA = 0.18  # daily logit volatility
-_OUTCOME_LOGIT = 4.5  # where the bridge ends: p ~ 0.99 / 0.01 at the close
+_WALK_SIGMA = 0.25  # daily logit volatility
+_OUTCOME_LOGIT = 2.5  # where the bridge ends: p ~ 0.92 / 0.08 at the close
 
 _TOPICS: dict[str, list[tuple[str, str]]] = {
     "Politics": [

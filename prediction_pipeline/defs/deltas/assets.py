@@ -1,0 +1,99 @@
+"""`prediction_deltas`: how each recent prediction stands against the market, per day."""
+
+import datetime as dt
+
+import dagster as dg
+from pydantic import Field
+
+from prediction_pipeline.partitions import daily_partitions
+from prediction_pipeline.resources import AppDatabase
+from prediction_pipeline.services.deltas import snapshot_deltas
+from prediction_pipeline.store import deltas as delta_store
+
+
+class DeltasConfig(dg.Config):
+    days_lookback: int = Field(default=7, ge=1, description="Predictions made this many days back.")
+    max_predictions: int | None = Field(default=None, ge=1, description="Cap, oldest id first.")
+    include_closed_markets: bool = False
+    exclude_categories: list[str] = Field(default_factory=list)
+    chunk_size: int = Field(default=50_000, ge=100, description="Rows read and written at once.")
+
+
+CHECK_SPECS = [
+    dg.AssetCheckSpec(
+        "one_delta_per_prediction_and_day",
+        asset="prediction_deltas",
+        blocking=True,
+        description="At most one delta row per (prediction, snapshot day).",
+    ),
+    dg.AssetCheckSpec(
+        "deltas_within_bounds",
+        asset="prediction_deltas",
+        description="Every delta lies within [-1, 1].",
+    ),
+]
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    deps=["markets", "predictions"],
+    group_name="evaluation",
+    kinds={"pandas", "sql"},
+    check_specs=CHECK_SPECS,
+    retry_policy=dg.RetryPolicy(
+        max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
+    description=(
+        "For each prediction made within `days_lookback` days before the partition day: the "
+        "market price that day, delta (price - probability), |delta|, and whether the market "
+        "moved toward or away from the prediction. Idempotent per (prediction, day)."
+    ),
+)
+def prediction_deltas(
+    context: dg.AssetExecutionContext, config: DeltasConfig, app_db: AppDatabase
+) -> dg.MaterializeResult:
+    day = dt.date.fromisoformat(context.partition_key)
+    engine = app_db.engine()
+    summary = snapshot_deltas(
+        engine,
+        day,
+        days_lookback=config.days_lookback,
+        max_predictions=config.max_predictions,
+        include_closed_markets=config.include_closed_markets,
+        exclude_categories=config.exclude_categories,
+        chunk_size=config.chunk_size,
+    )
+    context.log.info(f"{day}: {summary.rows} deltas in {summary.chunks} chunks")
+    with engine.connect() as conn:
+        quality = delta_store.delta_quality(conn, day)
+        movers = summary.movers
+        if not movers.empty:
+            described = delta_store.describe_predictions(conn, movers["prediction_id"].tolist())
+            movers = movers.drop(columns="model").merge(described, on="prediction_id")
+    preview = "_no deltas_"
+    if not movers.empty:
+        table = movers[["model", "source_id", "question", "market_price", "delta", "direction"]]
+        table = table.assign(question=table["question"].str.slice(0, 60)).round(3)
+        preview = table.sort_values("delta", key=abs, ascending=False).to_markdown(index=False)
+    mean_by_model = summary.mean_abs_delta_by_model()
+    return dg.MaterializeResult(
+        metadata={
+            "deltas": summary.rows,
+            "chunks": summary.chunks,
+            **{f"direction_{k}": v for k, v in sorted(summary.by_direction.items())},
+            "mean_abs_delta_by_model": dg.MetadataValue.json(mean_by_model),
+            "largest_movers": dg.MetadataValue.md(preview),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="one_delta_per_prediction_and_day",
+                passed=quality["duplicates"] == 0,
+                metadata={"duplicates": quality["duplicates"], "rows": quality["rows"]},
+            ),
+            dg.AssetCheckResult(
+                check_name="deltas_within_bounds",
+                passed=quality["out_of_range"] == 0,
+                metadata={"out_of_range": quality["out_of_range"]},
+            ),
+        ],
+    )
