@@ -43,8 +43,12 @@ ui: install home
 	$(BIN)/prediction-pipeline db upgrade
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# Each benchmark prints a table and writes benchmarks/results/<name>.json (see benchmarks/README.md).
 bench: install
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.prediction_throughput
+	$(BIN)/python -m benchmarks.deltas_scale
+	$(BIN)/python -m benchmarks.digest_throughput
+	$(BIN)/python -m benchmarks.on_demand_latency
 
 clean:
 	rm -rf .local

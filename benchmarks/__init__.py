@@ -1,0 +1,1 @@
+"""Throughput and scale benchmarks against local fake servers (see benchmarks/README.md)."""
