@@ -113,6 +113,53 @@ class Demo:
                 )
             self.echo(f"  calibration chart: {board.get('calibration_chart')}")
 
+    def digests(self) -> None:
+        result = self.run("digests_job", self.today.isoformat())
+        if not result.success:
+            return
+        meta = _metadata(result, "watchlist_digests")
+        self.echo(
+            f"digests {self.today}: {meta['users_considered']} users, {meta['sent']} sent, "
+            f"{meta['skipped']} skipped ({meta['skipped_opted_out']} opted out, "
+            f"{meta['skipped_already_sent']} already sent), {meta['failed']} failed "
+            f"-> {meta['transport']}"
+        )
+
+
+# Demo recipients: two subscribed, one who unsubscribed (counted, never mailed).
+DEMO_USERS = (
+    ("ana@example.com", "Ana Demo", True),
+    ("ben@example.com", "Ben Demo", True),
+    ("cy@example.com", "Cy Demo (unsubscribed)", False),
+)
+
+
+def seed_demo_users(engine, echo: Echo) -> None:
+    """Demo users watching the most traded open markets and a few resolved ones (so the
+    digest shows price moves, forecasts, resolutions and scores). Idempotent."""
+    from prediction_pipeline.store import markets as market_store
+    from prediction_pipeline.store import users as user_store
+
+    # Watched since two weeks ago, so the first digest shows the change since then.
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=14)
+    with engine.begin() as conn:
+        open_ids = [m.id for m in market_store.list_markets(conn, status="open", limit=8)]
+        resolved_ids = [m.id for m in market_store.list_markets(conn, status="resolved", limit=4)]
+        user_store.upsert_users(
+            conn, [user_store.NewUser(email, name, opt_in) for email, name, opt_in in DEMO_USERS]
+        )
+        pairs = []
+        for n, (email, _, _) in enumerate(DEMO_USERS):
+            user = user_store.get_user(conn, email)
+            assert user is not None
+            watched = open_ids[n : n + 5] + resolved_ids[n : n + 2]
+            pairs += [(user.id, market_id) for market_id in watched]
+        added = user_store.add_watch_items(conn, pairs, added_at=since)
+    echo(
+        f"users: {len(DEMO_USERS)} demo users watching {len(set(m for _, m in pairs))} markets "
+        f"({added} watchlist items added)"
+    )
+
 
 def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict:
     events = result.asset_materializations_for_node(node)
@@ -125,4 +172,6 @@ def run_demo(engine, today: dt.date, history_days: int, echo: Echo) -> bool:
     demo.predictions()
     demo.deltas()
     demo.scoring()
+    seed_demo_users(engine, echo)
+    demo.digests()
     return demo.ok

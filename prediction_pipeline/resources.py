@@ -16,6 +16,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
+from prediction_pipeline.clients.email import EmailTransport, open_transport, safe_smtp_url
 from prediction_pipeline.clients.gamma import DEFAULT_BASE_URL as DEFAULT_GAMMA_URL
 from prediction_pipeline.clients.gamma import GammaClient
 from prediction_pipeline.clients.http_retry import RetryPolicy
@@ -33,9 +34,16 @@ from prediction_pipeline.clients.openrouter import (
     OpenRouterForecaster,
 )
 from prediction_pipeline.clients.rate_limit import ModelLimiter
+from prediction_pipeline.core.digests import (
+    DEFAULT_MESSAGE_ID_DOMAIN,
+    DEFAULT_PUBLIC_URL,
+    DEFAULT_SENDER,
+    DEV_UNSUBSCRIBE_SECRET,
+    DigestRenderer,
+)
 from prediction_pipeline.services.forecasters import BuiltinForecaster, Forecaster
 from prediction_pipeline.store import migrate
-from prediction_pipeline.store.db import default_database_url, make_engine, safe_url
+from prediction_pipeline.store.db import data_dir, default_database_url, make_engine, safe_url
 from prediction_pipeline.store.models import BUILTIN_PROVIDER, ModelSpec
 
 
@@ -150,6 +158,87 @@ class Forecasters(dg.ConfigurableResource):
         return (OpenRouterAuthError, OpenRouterCreditsError, OpenRouterForbiddenError)
 
 
+class EmailTransportResource(dg.ConfigurableResource):
+    """Where digests go: an outbox folder of .eml files (offline default) or SMTP."""
+
+    kind: str | None = Field(
+        default=None,
+        description="outbox or smtp (PREDICTION_PIPELINE_EMAIL_TRANSPORT); unset: smtp when "
+        "an SMTP URL is set, else outbox.",
+    )
+    smtp_url: str | None = Field(
+        default=None,
+        description="PREDICTION_PIPELINE_SMTP_URL, e.g. smtp://user:pass@host:587?starttls=true "
+        "or smtps://user:pass@host:465 (a secret: pass it as an EnvVar).",
+    )
+    outbox_dir: str | None = Field(
+        default=None, description="Outbox folder; default $PREDICTION_PIPELINE_DATA_DIR/outbox."
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0, description="SMTP socket timeout.")
+
+    def open(self) -> EmailTransport:
+        outbox = self.outbox_dir or str(data_dir() / "outbox")
+        return open_transport(
+            self.kind, smtp_url=self.smtp_url, outbox_dir=outbox, timeout=self.timeout_seconds
+        )
+
+    def describe(self) -> str:
+        """Where messages go, with any password masked."""
+        try:
+            return self.open().describe()
+        except ValueError:
+            return safe_smtp_url(self.smtp_url) if self.smtp_url else "misconfigured"
+
+
+class DigestSettings(dg.ConfigurableResource):
+    """How digests are signed, addressed and linked."""
+
+    unsubscribe_secret: str | None = Field(
+        default=None,
+        description="PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET: HMAC key of the unsubscribe links "
+        "(shared with the web app that verifies them). Unset: an insecure dev secret.",
+    )
+    public_url: str = Field(
+        default=DEFAULT_PUBLIC_URL,
+        description="PREDICTION_PIPELINE_PUBLIC_URL: base of the links in the digest.",
+    )
+    sender: str = Field(
+        default=DEFAULT_SENDER, description="PREDICTION_PIPELINE_EMAIL_FROM: the From header."
+    )
+    message_id_domain: str = Field(
+        default=DEFAULT_MESSAGE_ID_DOMAIN, description="Right-hand side of the Message-IDs."
+    )
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        return not self.unsubscribe_secret
+
+    def renderer(self) -> DigestRenderer:
+        return DigestRenderer(
+            secret=self.unsubscribe_secret or DEV_UNSUBSCRIBE_SECRET,
+            public_url=self.public_url,
+            sender=self.sender,
+            message_id_domain=self.message_id_domain,
+        )
+
+
+class AlertSettings(dg.ConfigurableResource):
+    """Where run-failure alerts go besides the log and the `run_failure_alerts` table."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        description="PREDICTION_PIPELINE_ALERT_WEBHOOK_URL: JSON POST per failed run (Slack-"
+        "style {'text': ...} plus details). A secret: pass it as an EnvVar.",
+    )
+    operator_email: str | None = Field(
+        default=None, description="PREDICTION_PIPELINE_ALERT_EMAIL: also email the operator."
+    )
+    dagster_url: str = Field(
+        default="http://127.0.0.1:3000",
+        description="PREDICTION_PIPELINE_DAGSTER_URL: base of the run links in alerts.",
+    )
+
+
 def env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
     """dg.EnvVar(name) when the variable is set, else the offline default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
@@ -167,5 +256,19 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "forecasters": Forecasters(
             openrouter_api_key=env_or("OPENROUTER_API_KEY", None),
             openrouter_base_url=env_or("OPENROUTER_BASE_URL", DEFAULT_OPENROUTER_URL),
+        ),
+        "email_transport": EmailTransportResource(
+            kind=env_or("PREDICTION_PIPELINE_EMAIL_TRANSPORT", None),
+            smtp_url=env_or("PREDICTION_PIPELINE_SMTP_URL", None),
+        ),
+        "digest_settings": DigestSettings(
+            unsubscribe_secret=env_or("PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET", None),
+            public_url=env_or("PREDICTION_PIPELINE_PUBLIC_URL", DEFAULT_PUBLIC_URL),
+            sender=env_or("PREDICTION_PIPELINE_EMAIL_FROM", DEFAULT_SENDER),
+        ),
+        "alert_settings": AlertSettings(
+            webhook_url=env_or("PREDICTION_PIPELINE_ALERT_WEBHOOK_URL", None),
+            operator_email=env_or("PREDICTION_PIPELINE_ALERT_EMAIL", None),
+            dagster_url=env_or("PREDICTION_PIPELINE_DAGSTER_URL", "http://127.0.0.1:3000"),
         ),
     }

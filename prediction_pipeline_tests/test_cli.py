@@ -61,3 +61,48 @@ def test_unmigrated_database_is_reported(empty_database_url):
     engine = make_engine(empty_database_url)
     assert migrate.current_revision(engine) is None
     assert "current: none" in cli(empty_database_url, "db", "current")
+
+
+def test_on_demand_commands(database_url):
+    with dg.instance_for_test() as instance:
+        ingest_days(database_url, instance, days=1, size=30)
+    market = cli(database_url, "markets", "show", "--limit", "1", "--json")
+    source_id = __import__("json").loads(market)["source_id"]
+
+    request_id = cli(database_url, "predict", source_id, "baseline/market").strip()
+    assert cli(database_url, "status", request_id).startswith(f"queued request {request_id}")
+
+    assert "balance 3" in cli(database_url, "credits", "grant", "bob@example.com", "3")
+    session_id = cli(
+        database_url,
+        "session",
+        "create",
+        "--market",
+        source_id,
+        "--models",
+        "baseline/market,baseline/momentum",
+        "--user",
+        "bob@example.com",
+    ).strip()
+    out = cli(database_url, "status", session_id)
+    assert out.startswith(f"queued session {session_id}") and "balance: 1" in out
+
+    broke = CliRunner().invoke(
+        main,
+        [
+            "--database-url",
+            database_url,
+            "session",
+            "create",
+            "--market",
+            source_id,
+            "--models",
+            "baseline/market,baseline/momentum",
+            "--user",
+            "bob@example.com",
+        ],
+    )
+    assert broke.exit_code != 0 and "costs 2 credits; the balance is 1" in broke.output
+    unknown = CliRunner().invoke(main, ["--database-url", database_url, "status", "nope"])
+    assert unknown.exit_code != 0 and "no request or session 'nope'" in unknown.output
+    assert "no alerts" in cli(database_url, "alerts")

@@ -15,12 +15,13 @@ def test_schedule_requests_today_for_every_enabled_model(database_url, engine):
             conn, model_store.ModelSpec("acme/off", "openrouter", enabled=False)
         )
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(
+        # Contexts are entered: the instance they open must be closed with them.
+        with dg.build_schedule_context(
             instance=instance,
             scheduled_execution_time=dt.datetime(2026, 11, 29, 7, 0, tzinfo=dt.UTC),
             resources={"app_db": AppDatabase(url=database_url)},
-        )
-        requests = list(predictions_daily(context))
+        ) as context:
+            requests = list(predictions_daily(context))
         keys = sorted(r.partition_key for r in requests)
         assert keys == [
             "2026-11-29|baseline/market",
@@ -44,14 +45,14 @@ def test_registry_sensor_repairs_drift(database_url, engine):
         )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("models", ["baseline/market"])
-        context = dg.build_sensor_context(
+        with dg.build_sensor_context(
             instance=instance, resources={"app_db": AppDatabase(url=database_url)}
-        )
-        result = model_registry_sensor(context)
-        requested = result.dynamic_partitions_requests[0]
-        assert sorted(requested.partition_keys) == [
-            "anthropic/claude-sonnet-4.5:online",
-            "baseline/momentum",
-        ]
-        instance.add_dynamic_partitions("models", list(requested.partition_keys))
-        assert isinstance(model_registry_sensor(context), dg.SkipReason)
+        ) as context:
+            result = model_registry_sensor(context)
+            requested = result.dynamic_partitions_requests[0]
+            assert sorted(requested.partition_keys) == [
+                "anthropic/claude-sonnet-4.5:online",
+                "baseline/momentum",
+            ]
+            instance.add_dynamic_partitions("models", list(requested.partition_keys))
+            assert isinstance(model_registry_sensor(context), dg.SkipReason)

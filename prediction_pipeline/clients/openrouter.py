@@ -576,7 +576,7 @@ class OpenRouterForecaster:
         )
 
     def messages(self, ctx: MarketContext) -> list[dict]:
-        return build_messages(ctx, show_market_price=self.show_market_price)
+        return build_messages(ctx, show_market_price=self.show_market_price, research=ctx.research)
 
     async def forecast(
         self,

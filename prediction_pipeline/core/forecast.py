@@ -8,7 +8,7 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_RATIONALE_CHARS = 4000
 
@@ -107,6 +107,13 @@ class MarketContext(BaseModel):
     day: dt.date
     market_price: float | None = None  # YES price on `day`, the baseline to beat
     price_history: tuple[float, ...] = ()  # daily YES prices, oldest first, ending at `day`
+    research: str | None = None  # notes from a session's research step (untrusted text)
+
+    @field_validator("end_date")
+    @classmethod
+    def _aware_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        # SQLite hands timezone-aware columns back naive; they were stored as UTC.
+        return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 class ForecastResult(BaseModel):

@@ -41,6 +41,8 @@ class PredictionTask:
     max_in_flight: int = 4
     max_cost_usd: float | None = None
     origin: str = prediction_store.BATCH
+    request_id: str | None = None  # origin "request": the idempotency key is the request
+    session_id: str | None = None  # origin "session": the key is (session, model)
     experiment_tag: str | None = None
     experiment_notes: str | None = None
     run_id: str | None = None
@@ -112,7 +114,13 @@ async def run_predictions(
     started = time.monotonic()
     report = PredictionReport(selected=len(task.contexts))
     with engine.connect() as conn:
-        done = prediction_store.predicted_market_ids(conn, task.model, task.day)
+        if task.origin == prediction_store.BATCH:
+            done = prediction_store.predicted_market_ids(conn, task.model, task.day)
+        else:
+            linked = prediction_store.linked_prediction(
+                conn, task.model, request_id=task.request_id, session_id=task.session_id
+            )
+            done = {linked.market_id} if linked else set()
         spent = prediction_store.spent_usd(conn, task.model, task.day)
     todo = [ctx for ctx in task.contexts if ctx.market_id not in done]
     report.skipped_existing = len(task.contexts) - len(todo)
@@ -173,6 +181,8 @@ async def run_predictions(
                     task.model,
                     result.model_copy(update={"latency_ms": latency}),
                     origin=task.origin,
+                    request_id=task.request_id,
+                    session_id=task.session_id,
                     experiment_tag=task.experiment_tag,
                     experiment_notes=task.experiment_notes,
                     run_id=task.run_id,
@@ -233,9 +243,7 @@ def market_contexts(
             question=r.question,
             description=r.description or "",
             category=r.category,
-            end_date=r.end_date
-            if r.end_date is None or r.end_date.tzinfo
-            else r.end_date.replace(tzinfo=dt.UTC),
+            end_date=r.end_date,
             day=day,
             market_price=r.yes_price,
             price_history=tuple(history.get(r.id, ())),

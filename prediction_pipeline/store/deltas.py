@@ -39,8 +39,10 @@ def iter_window_chunks(
     chunk_size: int = 50_000,
 ) -> Iterator[pd.DataFrame]:
     """Predictions made in [snapshot_day - days_lookback, snapshot_day) joined with their
-    market's snapshot on `snapshot_day`, `chunk_size` rows at a time (keyset on the
-    prediction id), so memory stays bounded whatever the window holds."""
+    market's snapshot on `snapshot_day`, `chunk_size` rows at a time, so memory stays
+    bounded whatever the window holds. Keyset on (day, id): the day index serves both the
+    filter and the order (on SQLite the rowid is the index's tail), so no chunk re-sorts
+    the window."""
     start = snapshot_day - dt.timedelta(days=days_lookback)
     query = (
         sa.select(
@@ -65,7 +67,7 @@ def iter_window_chunks(
             predictions.c.day < snapshot_day,
             market_snapshots.c.yes_price.is_not(None),
         )
-        .order_by(predictions.c.id)
+        .order_by(predictions.c.day, predictions.c.id)
     )
     if not include_closed_markets:
         query = query.where(market_snapshots.c.status == "open")
@@ -75,14 +77,19 @@ def iter_window_chunks(
             sa.or_(markets.c.category.is_(None), sa.func.lower(markets.c.category).not_in(excluded))
         )
     remaining = max_predictions
-    last_id = 0
+    after = None  # (day, id) of the last row read
     while remaining is None or remaining > 0:
         size = chunk_size if remaining is None else min(chunk_size, remaining)
-        rows = conn.execute(query.where(predictions.c.id > last_id).limit(size)).all()
+        page = (
+            query
+            if after is None
+            else query.where(sa.tuple_(predictions.c.day, predictions.c.id) > sa.tuple_(*after))
+        )
+        rows = conn.execute(page.limit(size)).all()
         if not rows:
             return
         frame = pd.DataFrame(rows, columns=list(CHUNK_COLUMNS))
-        last_id = int(frame["prediction_id"].iloc[-1])
+        after = (rows[-1].day, rows[-1].prediction_id)
         if remaining is not None:
             remaining -= len(frame)
         yield frame

@@ -141,9 +141,9 @@ def ingest_markets(
                     c: insert.excluded[c]
                     for c in ("observed_at", "yes_price", "volume", "liquidity", "status")
                 },
-            ),
+            ).returning(market_snapshots.c.id),  # RETURNING: batched, not one row a statement
             snapshots,
-        )
+        ).all()
         counts["snapshots"] += len(snapshots)
     return IngestCounts(**counts)
 
@@ -157,9 +157,9 @@ def _upsert_market_rows(conn: sa.Connection, rows: list[dict]) -> None:
             set_={c: insert.excluded[c] for c in updatable},
             # Guard against a concurrent run of an older day (the pre-read can be stale).
             where=markets.c.observed_day <= insert.excluded.observed_day,
-        ),
+        ).returning(markets.c.id),  # RETURNING: batched, not one row a statement
         rows,
-    )
+    ).all()
 
 
 def _existing(

@@ -67,6 +67,46 @@ def predicted_market_ids(conn: sa.Connection, model: str, day: dt.date) -> set[i
     return set(conn.scalars(query))
 
 
+def linked_prediction(
+    conn: sa.Connection,
+    model: str,
+    *,
+    request_id: str | None = None,
+    session_id: str | None = None,
+) -> sa.Row | None:
+    """The prediction already stored for an on-demand request, or a session's model."""
+    if request_id is not None:
+        where = predictions.c.request_id == request_id
+    elif session_id is not None:
+        where = sa.and_(predictions.c.session_id == session_id, predictions.c.model_slug == model)
+    else:
+        raise ValueError("request_id or session_id is required")
+    return conn.execute(sa.select(predictions).where(where)).first()
+
+
+def market_context_row(conn: sa.Connection, market_id: int, day: dt.date) -> sa.Row | None:
+    """A market with its latest snapshot on or before `day` (on-demand work may run before
+    the day's markets have landed)."""
+    latest = (
+        sa.select(market_snapshots.c.yes_price)
+        .where(market_snapshots.c.market_id == market_id, market_snapshots.c.day <= day)
+        .order_by(market_snapshots.c.day.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = sa.select(
+        markets.c.id,
+        markets.c.source_id,
+        markets.c.question,
+        markets.c.description,
+        markets.c.category,
+        markets.c.end_date,
+        markets.c.status,
+        latest.label("yes_price"),
+    ).where(markets.c.id == market_id)
+    return conn.execute(query).first()
+
+
 def spent_usd(conn: sa.Connection, model: str, day: dt.date) -> float:
     """What the model has cost on `day`, every origin included: the budget is per model/day."""
     query = sa.select(sa.func.coalesce(sa.func.sum(predictions.c.cost_usd), 0.0)).where(

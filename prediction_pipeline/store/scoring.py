@@ -92,10 +92,10 @@ def upsert_scores(conn: sa.Connection, scored: pd.DataFrame) -> int:
     statement = insert.on_conflict_do_update(
         index_elements=["prediction_id"],
         set_={c: insert.excluded[c] for c in columns if c != "prediction_id"},
-    )
+    ).returning(forecast_scores.c.id)  # RETURNING: batched, not one row a statement
     rows = frame.to_dict("records")
     for offset in range(0, len(rows), 5_000):
-        conn.execute(statement, rows[offset : offset + 5_000])
+        conn.execute(statement, rows[offset : offset + 5_000]).all()
     return len(rows)
 
 

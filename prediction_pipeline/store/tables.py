@@ -205,3 +205,143 @@ model_leaderboard = sa.Table(
     sa.Column("computed_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("dimension", "bucket", "model"),
 )
+
+# -- watchlists and daily digests (migration 0004) ------------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False),  # normalised: stripped, lower case
+    sa.Column("name", sa.String(200)),
+    sa.Column("digest_opt_in", sa.Boolean, nullable=False, server_default=sa.true()),
+    # Set by an unsubscribe (one-click link or CLI); an import never clears it.
+    sa.Column("unsubscribed_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("email"),
+)
+
+watchlist_items = sa.Table(
+    "watchlist_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "market_id", sa.Integer, sa.ForeignKey("markets.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("added_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "market_id"),
+    sa.Index("ix_watchlist_items_market_id", "market_id"),
+)
+
+# The exactly-once ledger of the daily digest: one row per (user, day), claimed as `pending`
+# in its own committed transaction before each send, marked `sent` / `failed` after it.
+digest_deliveries = sa.Table(
+    "digest_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | failed | skipped
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # handed to transport
+    sa.Column("skip_reason", sa.String(32)),  # nothing_new | opted_out
+    sa.Column("error_kind", sa.String(16)),  # transient | permanent (permanent: not retried)
+    sa.Column("last_error", sa.Text),
+    sa.Column("message_id", sa.String(255)),  # our stable Message-ID for (user, day)
+    sa.Column("provider_message_id", sa.String(255)),  # the SMTP queue id / outbox file
+    sa.Column("run_id", sa.String(64)),  # the Dagster run that last claimed the row
+    sa.Column("claim_token", sa.String(64)),  # the delivery that holds the claim (fencing)
+    sa.Column("claimed_at", UTCDateTime),
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("status IN ('pending', 'sent', 'failed', 'skipped')", name="status_known"),
+    sa.UniqueConstraint("user_id", "day"),
+    sa.Index("ix_digest_deliveries_day_status", "day", "status"),
+)
+
+# -- on-demand requests, sessions, credits and alerts (migration 0005) -----------------------
+
+# Queue tables: the web app inserts rows (status `queued`); the pipeline owns the rest.
+prediction_requests = sa.Table(
+    "prediction_requests",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),  # uuid4, returned to the caller at once
+    sa.Column(
+        "market_id", sa.Integer, sa.ForeignKey("markets.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("model_slug", sa.String(200), sa.ForeignKey("models.slug"), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="SET NULL")),
+    sa.Column("web_search", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("status", sa.String(16), nullable=False),  # queued | running | succeeded | failed
+    sa.Column("prediction_id", sa.Integer, sa.ForeignKey("predictions.id", ondelete="SET NULL")),
+    sa.Column("error", sa.Text),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("launches", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_prediction_requests_status", "status"),
+)
+
+prediction_sessions = sa.Table(
+    "prediction_sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "market_id", sa.Integer, sa.ForeignKey("markets.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("models", sa.JSON, nullable=False),  # the selected model slugs, in order
+    sa.Column("web_search", sa.Boolean, nullable=False, server_default=sa.false()),
+    # queued | running | completed | partial | failed
+    sa.Column("status", sa.String(16), nullable=False),
+    # queued | research | predicting | notifying | done
+    sa.Column("current_step", sa.String(16), nullable=False),
+    sa.Column("progress", sa.JSON, nullable=False),  # model -> {status, prediction_id, error}
+    sa.Column("research", sa.Text),
+    sa.Column("credits_charged", sa.Integer, nullable=False),
+    sa.Column("credits_refunded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("launches", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("notified_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_prediction_sessions_status", "status"),
+)
+
+# Append-only: a user's balance is SUM(delta). One debit per session and one refund per
+# (session, model) at most, whatever retries or recoveries happen.
+credit_ledger = sa.Table(
+    "credit_ledger",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("delta", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String(16), nullable=False),  # grant | debit | refund
+    sa.Column("session_id", sa.String(36)),
+    sa.Column("model_slug", sa.String(200)),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("session_id", "model_slug", "reason"),
+    sa.Index("ix_credit_ledger_user_id", "user_id"),
+)
+
+run_failure_alerts = sa.Table(
+    "run_failure_alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("job_name", sa.String(200), nullable=False),
+    sa.Column("partition_key", sa.String(300)),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("run_url", sa.String(500), nullable=False),
+    sa.Column("notified_via", sa.String(64), nullable=False),  # log | webhook | email, joined
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("run_id"),
+)

@@ -1,0 +1,187 @@
+"""Runs of on-demand work: one run per prediction request, one run per session.
+
+A session runs as steps: research (optional web search) -> one step per selected model
+(mapped, in parallel) -> settle (status, refunds) -> notify (email through the digest
+transport). Every model step updates the session's progress as soon as it finishes.
+"""
+
+import email.message
+import email.utils
+
+import dagster as dg
+
+from prediction_pipeline.clients.email import OutgoingEmail, envelope_address
+from prediction_pipeline.core.notifications import session_summary
+from prediction_pipeline.resources import (
+    AppDatabase,
+    DigestSettings,
+    EmailTransportResource,
+    Forecasters,
+)
+from prediction_pipeline.services import on_demand
+from prediction_pipeline.store import markets as market_store
+from prediction_pipeline.store import on_demand as queue
+from prediction_pipeline.store import users as user_store
+
+RETRY = dg.RetryPolicy(
+    max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+class RequestConfig(dg.Config):
+    request_id: str
+
+
+class SessionConfig(dg.Config):
+    session_id: str
+
+
+@dg.op(retry_policy=RETRY, pool="openrouter")
+def fulfil_request(
+    context: dg.OpExecutionContext,
+    config: RequestConfig,
+    app_db: AppDatabase,
+    forecasters: Forecasters,
+) -> None:
+    """Predict the requested market with the requested model, once."""
+    outcome = on_demand.fulfil_request(
+        app_db.engine(),
+        forecasters.build,
+        forecasters.fatal_errors(),
+        config.request_id,
+        context.run_id,
+    )
+    if outcome.error or outcome.probability is None:
+        context.log.warning(f"request {config.request_id} failed: {outcome.error}")
+    else:
+        context.log.info(
+            f"request {config.request_id}: {outcome.model} p={outcome.probability:.3f} "
+            f"(prediction {outcome.prediction_id})"
+        )
+
+
+@dg.job(
+    description="Fulfil one on-demand prediction request (launched by prediction_requests_sensor)."
+)
+def prediction_request_job():
+    fulfil_request()
+
+
+@dg.op(out=dg.DynamicOut(str), retry_policy=RETRY)
+def research(
+    context: dg.OpExecutionContext,
+    config: SessionConfig,
+    app_db: AppDatabase,
+    forecasters: Forecasters,
+):
+    """Start the session, research the question if asked, then fan out one step per model."""
+    models, notes = on_demand.research_session(
+        app_db.engine(), forecasters.build, config.session_id, context.run_id
+    )
+    context.log.info(
+        f"session {config.session_id}: {len(models)} models to run"
+        + (f"; research notes of {len(notes)} characters" if notes else "")
+    )
+    for index, model in enumerate(models):
+        # Mapping keys allow only letters, digits and underscores.
+        key = f"m{index}_" + "".join(c if c.isalnum() else "_" for c in model)
+        yield dg.DynamicOutput(model, mapping_key=key)
+
+
+@dg.op(retry_policy=RETRY, pool="openrouter")
+def predict_model(
+    context: dg.OpExecutionContext,
+    config: SessionConfig,
+    model: str,
+    app_db: AppDatabase,
+    forecasters: Forecasters,
+) -> str:
+    outcome = on_demand.predict_session_model(
+        app_db.engine(),
+        forecasters.build,
+        forecasters.fatal_errors(),
+        config.session_id,
+        model,
+        context.run_id,
+    )
+    if outcome.error:
+        context.log.warning(f"session {config.session_id}: {model} failed: {outcome.error}")
+    return model
+
+
+@dg.op
+def settle(
+    context: dg.OpExecutionContext, config: SessionConfig, models: list[str], app_db: AppDatabase
+) -> str:
+    status = on_demand.settle_session(app_db.engine(), config.session_id)
+    context.log.info(f"session {config.session_id}: {status} ({len(models)} model steps)")
+    return status
+
+
+@dg.op(retry_policy=RETRY)
+def notify(
+    context: dg.OpExecutionContext,
+    config: SessionConfig,
+    status: str,
+    app_db: AppDatabase,
+    email_transport: EmailTransportResource,
+    digest_settings: DigestSettings,
+) -> None:
+    """Email the user once (claimed before sending; released again if the send fails)."""
+    engine = app_db.engine()
+    with engine.begin() as conn:
+        if not queue.mark_notified(conn, config.session_id):
+            context.log.info(f"session {config.session_id}: already notified")
+            return
+        session = queue.get_session(conn, config.session_id)
+        user = user_store.get_user_by_id(conn, session.user_id)
+        market = market_store.get_market(conn, session.market_id)
+    probabilities = {
+        m: entry["probability"]
+        for m, entry in session.progress.items()
+        if entry.get("probability") is not None
+    }
+    subject, body = session_summary(
+        question=market.question,
+        status=session.status,
+        models=session.models,
+        progress=session.progress,
+        probabilities=probabilities,
+        credits_charged=session.credits_charged,
+        credits_refunded=session.credits_refunded,
+        market_price=market.yes_price,
+    )
+    message = email.message.EmailMessage()
+    message["From"] = digest_settings.sender
+    message["To"] = user.email
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message_id = f"<session-{session.id}@{digest_settings.message_id_domain}>"
+    message["Message-ID"] = message_id
+    message.set_content(body)
+    outgoing = OutgoingEmail(
+        sender=envelope_address(digest_settings.sender),
+        recipient=user.email,
+        message_id=message_id,
+        data=message.as_bytes(),
+    )
+    try:
+        mail = email_transport.open().session()
+        try:
+            mail.send(outgoing)
+        finally:
+            mail.close()
+    except Exception:
+        with engine.begin() as conn:
+            queue.release_notification(conn, config.session_id)
+        raise
+    context.log.info(f"session {config.session_id}: notified {user.email} ({status})")
+
+
+@dg.job(
+    description="Run one multi-model prediction session (launched by prediction_sessions_sensor).",
+    executor_def=dg.multiprocess_executor,  # the model steps run side by side
+)
+def prediction_session_job():
+    finished = research().map(predict_model).collect()
+    notify(settle(finished))

@@ -1,0 +1,567 @@
+"""The digest's reads (what each user's digest is made of) and its exactly-once ledger.
+
+Ledger protocol, one row per (user, day) in `digest_deliveries` (UNIQUE(user_id, day)):
+
+- `claim` (before sending, its own committed transaction): the row is created or taken over
+  as `pending` with `attempts + 1`, a fresh `claim_token` (the delivery holding it), the
+  Dagster `run_id` and `claimed_at`. Only *claimable* rows are taken: absent, `skipped`,
+  `failed` with a transient error, or `pending` whose claim is dead (its run finished, or it
+  is older than the lease). `sent` rows and permanent failures are never taken, and a live
+  claim of another delivery is never taken, so two runs of one day cannot both send.
+- `claim_retry` (before each further attempt): `attempts + 1`, only if we still hold the claim.
+- `mark_sent` / `mark_failed` / `release` (after): only if we still hold the claim.
+
+All of them are single conditional statements, atomic on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from prediction_pipeline.core.digests import (
+    MarketState,
+    ModelForecast,
+    ModelScore,
+    PreviousDigest,
+    PriceAt,
+    WatchItem,
+)
+from prediction_pipeline.store.db import dialect_insert
+from prediction_pipeline.store.tables import (
+    digest_deliveries,
+    forecast_scores,
+    market_snapshots,
+    markets,
+    prediction_deltas,
+    predictions,
+    users,
+    watchlist_items,
+)
+
+PENDING, SENT, FAILED, SKIPPED = "pending", "sent", "failed", "skipped"
+TRANSIENT, PERMANENT = "transient", "permanent"
+NOTHING_NEW, OPTED_OUT = "nothing_new", "opted_out"
+_CHUNK = 500
+_ERROR_CHARS = 2000
+
+d = digest_deliveries.c
+
+
+def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- who gets a digest --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigestUser:
+    user_id: int
+    email: str
+    name: str | None
+    subscribed: bool
+
+
+def watching_users(conn: sa.Connection, after_id: int, limit: int) -> list[DigestUser]:
+    """The next `limit` users (by id, after `after_id`) that watch at least one market."""
+    watches = sa.exists().where(watchlist_items.c.user_id == users.c.id)
+    query = (
+        sa.select(users.c.id, users.c.email, users.c.name, users.c.digest_opt_in)
+        .add_columns(users.c.unsubscribed_at)
+        .where(users.c.id > after_id, watches)
+        .order_by(users.c.id)
+        .limit(limit)
+    )
+    return [
+        DigestUser(r.id, r.email, r.name, bool(r.digest_opt_in) and r.unsubscribed_at is None)
+        for r in conn.execute(query)
+    ]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    user_id: int
+    status: str
+    attempts: int
+    error_kind: str | None
+    run_id: str | None
+    claim_token: str | None
+    claimed_at: dt.datetime | None
+
+
+def deliveries(conn: sa.Connection, day: dt.date, user_ids: Sequence[int]) -> dict[int, Delivery]:
+    found: dict[int, Delivery] = {}
+    for chunk in _chunks(user_ids):
+        query = sa.select(
+            d.user_id, d.status, d.attempts, d.error_kind, d.run_id, d.claim_token, d.claimed_at
+        ).where(d.day == day, d.user_id.in_(chunk))
+        for r in conn.execute(query):
+            found[r.user_id] = Delivery(*r)
+    return found
+
+
+def previous_digests(
+    conn: sa.Connection, day: dt.date, user_ids: Sequence[int]
+) -> dict[int, PreviousDigest]:
+    """Each user's latest digest sent for a day before `day`."""
+    found: dict[int, PreviousDigest] = {}
+    for chunk in _chunks(user_ids):
+        latest = (
+            sa.select(d.user_id, sa.func.max(d.day).label("day"))
+            .where(d.user_id.in_(chunk), d.day < day, d.status == SENT)
+            .group_by(d.user_id)
+            .subquery()
+        )
+        query = sa.select(d.user_id, d.day, d.sent_at).join(
+            latest, sa.and_(d.user_id == latest.c.user_id, d.day == latest.c.day)
+        )
+        for r in conn.execute(query):
+            found[r.user_id] = PreviousDigest(r.day, r.sent_at)
+    return found
+
+
+def watch_items(conn: sa.Connection, user_ids: Sequence[int]) -> dict[int, list[WatchItem]]:
+    found: dict[int, list[WatchItem]] = defaultdict(list)
+    for chunk in _chunks(user_ids):
+        query = (
+            sa.select(watchlist_items.c.user_id, watchlist_items.c.market_id)
+            .add_columns(watchlist_items.c.added_at)
+            .where(watchlist_items.c.user_id.in_(chunk))
+            .order_by(watchlist_items.c.user_id, watchlist_items.c.id)
+        )
+        for r in conn.execute(query):
+            found[r.user_id].append(WatchItem(r.market_id, r.added_at))
+    return dict(found)
+
+
+# -- what is in it ------------------------------------------------------------------------
+
+
+def _latest_snapshot_query(chunk: Sequence[int], day: dt.date):
+    s = market_snapshots.c
+    latest = (
+        sa.select(s.market_id, sa.func.max(s.day).label("day"))
+        .where(s.market_id.in_(chunk), s.day <= day)
+        .group_by(s.market_id)
+        .subquery()
+    )
+    return sa.select(s.market_id, s.day, s.yes_price, s.status).join(
+        latest, sa.and_(s.market_id == latest.c.market_id, s.day == latest.c.day)
+    )
+
+
+def market_states(
+    conn: sa.Connection, market_ids: Sequence[int], day: dt.date
+) -> dict[int, MarketState]:
+    """Each market as of `day`: its latest snapshot on or before it (markets with no
+    snapshot by then are left out)."""
+    found: dict[int, MarketState] = {}
+    m = markets.c
+    for chunk in _chunks(market_ids):
+        snaps = _latest_snapshot_query(chunk, day).subquery()
+        query = sa.select(
+            m.id, m.source, m.source_id, m.question, m.slug, m.resolved_outcome, snaps
+        ).join(snaps, snaps.c.market_id == m.id)
+        for r in conn.execute(query):
+            found[r.id] = MarketState(
+                market_id=r.id,
+                source=r.source,
+                source_id=r.source_id,
+                question=r.question,
+                slug=r.slug,
+                status=r.status,
+                price=r.yes_price,
+                observed_on=r.day,
+                resolved_outcome=r.resolved_outcome,
+            )
+    return found
+
+
+def prices_as_of(
+    conn: sa.Connection, market_ids: Sequence[int], day: dt.date
+) -> dict[int, PriceAt]:
+    found: dict[int, PriceAt] = {}
+    for chunk in _chunks(market_ids):
+        for r in conn.execute(_latest_snapshot_query(chunk, day)):
+            found[r.market_id] = PriceAt(r.yes_price, r.status)
+    return found
+
+
+def latest_forecasts(
+    conn: sa.Connection, market_ids: Sequence[int], day: dt.date
+) -> dict[int, list[ModelForecast]]:
+    """Each model's latest daily (batch) prediction on each market as of `day`, with the
+    drift direction from `prediction_deltas` when the deltas asset computed it for `day`."""
+    found: dict[int, list[ModelForecast]] = defaultdict(list)
+    p = predictions.c
+    for chunk in _chunks(market_ids):
+        latest = (
+            sa.select(p.market_id, p.model_slug, sa.func.max(p.day).label("day"))
+            .where(p.market_id.in_(chunk), p.day <= day, p.origin == "batch")
+            .group_by(p.market_id, p.model_slug)
+            .subquery()
+        )
+        query = (
+            sa.select(p.market_id, p.model_slug, p.day, p.probability)
+            .add_columns(prediction_deltas.c.direction)
+            .join(
+                latest,
+                sa.and_(
+                    p.market_id == latest.c.market_id,
+                    p.model_slug == latest.c.model_slug,
+                    p.day == latest.c.day,
+                ),
+            )
+            .outerjoin(
+                prediction_deltas,
+                sa.and_(
+                    prediction_deltas.c.prediction_id == p.id,
+                    prediction_deltas.c.snapshot_day == day,
+                ),
+            )
+            .where(p.origin == "batch")
+        )
+        for r in conn.execute(query):
+            found[r.market_id].append(
+                ModelForecast(r.model_slug, r.day, r.probability, r.direction)
+            )
+    return dict(found)
+
+
+def model_scores(conn: sa.Connection, market_ids: Sequence[int]) -> dict[int, list[ModelScore]]:
+    """How each model scored on each market (`forecast_scores`): mean Brier over its scored
+    predictions, their number, and the market price's mean Brier on the same predictions."""
+    found: dict[int, list[ModelScore]] = defaultdict(list)
+    f = forecast_scores.c
+    for chunk in _chunks(market_ids):
+        query = (
+            sa.select(
+                f.market_id,
+                f.model_slug,
+                sa.func.avg(f.brier).label("brier"),
+                sa.func.count().label("n"),
+                sa.func.avg(f.market_brier).label("market_brier"),
+            )
+            .where(f.market_id.in_(chunk))
+            .group_by(f.market_id, f.model_slug)
+        )
+        for r in conn.execute(query):
+            market_brier = None if r.market_brier is None else float(r.market_brier)
+            found[r.market_id].append(ModelScore(r.model_slug, float(r.brier), r.n, market_brier))
+    return dict(found)
+
+
+# -- the ledger ---------------------------------------------------------------------------
+
+
+def _claimable(stale_before: dt.datetime, dead_runs: Collection[str]):
+    """Rows a new delivery may take over (see the module docstring)."""
+    # Plain comparisons, not IN: an expanding IN cannot be used in executemany upserts.
+    dead_claim = sa.or_(
+        d.claimed_at < stale_before,
+        *(d.run_id == sa.literal(run_id, sa.String) for run_id in sorted(dead_runs)),
+    )
+    return sa.or_(
+        d.status == SKIPPED,
+        sa.and_(d.status == FAILED, sa.func.coalesce(d.error_kind, TRANSIENT) != PERMANENT),
+        sa.and_(d.status == PENDING, sa.or_(d.claimed_at.is_(None), dead_claim)),
+    )
+
+
+def is_claimable(
+    row: Delivery | None, stale_before: dt.datetime, dead_runs: Collection[str]
+) -> bool:
+    """The Python twin of `_claimable`, to classify rows before touching them."""
+    if row is None or row.status == SKIPPED:
+        return True
+    if row.status == FAILED:
+        return row.error_kind != PERMANENT
+    if row.status == PENDING:
+        if row.claimed_at is None or row.run_id in dead_runs:
+            return True
+        claimed = row.claimed_at
+        if claimed.tzinfo is None:
+            claimed = claimed.replace(tzinfo=dt.UTC)
+        return claimed < stale_before
+    return False
+
+
+def record_skips(
+    conn: sa.Connection,
+    day: dt.date,
+    reasons: Mapping[int, str],
+    *,
+    stale_before: dt.datetime,
+    dead_runs: Collection[str] = (),
+    now: dt.datetime | None = None,
+) -> int:
+    """Record `skipped` (with its reason) for users not sent a digest, unless their row is
+    sent, permanently failed or held by a live claim. Returns the rows written."""
+    if not reasons:
+        return 0
+    now = now or dt.datetime.now(dt.UTC)
+    written = 0
+    items = sorted(reasons.items())
+    for chunk in _chunks(items):
+        insert = dialect_insert(conn, digest_deliveries)
+        statement = insert.on_conflict_do_update(
+            index_elements=["user_id", "day"],
+            set_={
+                "status": SKIPPED,
+                "skip_reason": insert.excluded.skip_reason,
+                "error_kind": None,
+                "claim_token": None,
+                "updated_at": insert.excluded.updated_at,
+            },
+            where=_claimable(stale_before, dead_runs),
+        ).returning(d.user_id)
+        rows = [
+            {
+                "user_id": user_id,
+                "day": day,
+                "status": SKIPPED,
+                "attempts": 0,
+                "skip_reason": reason,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for user_id, reason in chunk
+        ]
+        written += len(conn.execute(statement, rows).all())
+    return written
+
+
+def claim(
+    conn: sa.Connection,
+    day: dt.date,
+    message_ids: Mapping[int, str],
+    *,
+    token: str,
+    run_id: str | None,
+    stale_before: dt.datetime,
+    dead_runs: Collection[str] = (),
+    now: dt.datetime | None = None,
+) -> set[int]:
+    """Claim the users of `message_ids` ({user id: Message-ID}) for one send each: create
+    or take over their rows as `pending` with `attempts + 1`. Commit before sending.
+    Returns the users claimed; the others are sent, permanently failed or held elsewhere."""
+    if not message_ids:
+        return set()
+    now = now or dt.datetime.now(dt.UTC)
+    claimed: set[int] = set()
+    for chunk in _chunks(sorted(message_ids.items())):
+        insert = dialect_insert(conn, digest_deliveries)
+        statement = insert.on_conflict_do_update(
+            index_elements=["user_id", "day"],
+            set_={
+                "status": PENDING,
+                "attempts": d.attempts + 1,
+                "skip_reason": None,
+                "error_kind": None,
+                "message_id": insert.excluded.message_id,
+                "run_id": insert.excluded.run_id,
+                "claim_token": insert.excluded.claim_token,
+                "claimed_at": insert.excluded.claimed_at,
+                "updated_at": insert.excluded.updated_at,
+            },
+            where=_claimable(stale_before, dead_runs),
+        ).returning(d.user_id)
+        rows = [
+            {
+                "user_id": user_id,
+                "day": day,
+                "status": PENDING,
+                "attempts": 1,
+                "message_id": message_id,
+                "run_id": run_id,
+                "claim_token": token,
+                "claimed_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for user_id, message_id in chunk
+        ]
+        claimed.update(conn.scalars(statement, rows).all())
+    return claimed
+
+
+def _held(day: dt.date, user_id: int, token: str):
+    return sa.and_(d.day == day, d.user_id == user_id, d.claim_token == token, d.status == PENDING)
+
+
+def claim_retry(
+    conn: sa.Connection,
+    day: dt.date,
+    user_id: int,
+    token: str,
+    last_error: str,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Before a further attempt: `attempts + 1`, a fresh `claimed_at` and the error of the
+    attempt before, if we still hold the claim. Commit before sending."""
+    now = now or dt.datetime.now(dt.UTC)
+    result = conn.execute(
+        sa.update(digest_deliveries)
+        .where(_held(day, user_id, token))
+        .values(
+            attempts=d.attempts + 1,
+            last_error=last_error[:_ERROR_CHARS],
+            claimed_at=now,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1
+
+
+def refresh_claim(
+    conn: sa.Connection, day: dt.date, user_id: int, token: str, now: dt.datetime | None = None
+) -> bool:
+    """Renew a claim that waited long in the queue (so it does not look dead)."""
+    now = now or dt.datetime.now(dt.UTC)
+    result = conn.execute(
+        sa.update(digest_deliveries)
+        .where(_held(day, user_id, token))
+        .values(claimed_at=now, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+def mark_sent(
+    conn: sa.Connection,
+    day: dt.date,
+    user_id: int,
+    token: str,
+    provider_message_id: str | None,
+    now: dt.datetime | None = None,
+) -> bool:
+    now = now or dt.datetime.now(dt.UTC)
+    result = conn.execute(
+        sa.update(digest_deliveries)
+        .where(_held(day, user_id, token))
+        .values(
+            status=SENT,
+            provider_message_id=(provider_message_id or "")[:255] or None,
+            sent_at=now,
+            claim_token=None,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1
+
+
+def mark_failed(
+    conn: sa.Connection,
+    day: dt.date,
+    user_id: int,
+    token: str,
+    kind: str,
+    error: str,
+    now: dt.datetime | None = None,
+) -> bool:
+    """`permanent` failures are final for the day; `transient` ones are claimable again."""
+    now = now or dt.datetime.now(dt.UTC)
+    result = conn.execute(
+        sa.update(digest_deliveries)
+        .where(_held(day, user_id, token))
+        .values(
+            status=FAILED,
+            error_kind=kind,
+            last_error=error[:_ERROR_CHARS],
+            claim_token=None,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1
+
+
+def release(
+    conn: sa.Connection,
+    day: dt.date,
+    user_id: int,
+    token: str,
+    reason: str,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Give back a claim whose message was never handed to the transport (the batch stopped):
+    the attempt is not counted, and the row is claimable again at once."""
+    now = now or dt.datetime.now(dt.UTC)
+    result = conn.execute(
+        sa.update(digest_deliveries)
+        .where(_held(day, user_id, token))
+        .values(
+            status=FAILED,
+            error_kind=TRANSIENT,
+            attempts=d.attempts - 1,
+            last_error=f"not sent: {reason}"[:_ERROR_CHARS],
+            claim_token=None,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1
+
+
+def pending_run_ids(conn: sa.Connection, day: dt.date) -> list[str]:
+    """The runs holding `pending` claims for `day` (the caller asks which ones are dead)."""
+    query = (
+        sa.select(d.run_id).where(d.day == day, d.status == PENDING, d.run_id.is_not(None))
+    ).distinct()
+    return sorted(conn.scalars(query))
+
+
+# -- data-quality queries behind the asset checks -------------------------------------------
+
+
+def duplicate_sent(conn: sa.Connection, day: dt.date) -> int:
+    """Users with more than one `sent` row for `day` (the UNIQUE constraint forbids it)."""
+    dupes = (
+        sa.select(d.user_id)
+        .where(d.day == day, d.status == SENT)
+        .group_by(d.user_id)
+        .having(sa.func.count() > 1)
+        .subquery()
+    )
+    return conn.scalar(sa.select(sa.func.count()).select_from(dupes)) or 0
+
+
+def ledger_is_unique_per_user_and_day(conn: sa.Connection) -> bool:
+    """Whether the database really holds UNIQUE(user_id, day) on the ledger."""
+    inspector = sa.inspect(conn)
+    keys = [set(u["column_names"]) for u in inspector.get_unique_constraints("digest_deliveries")]
+    keys += [
+        set(i["column_names"])
+        for i in inspector.get_indexes("digest_deliveries")
+        if i.get("unique")
+    ]
+    return {"user_id", "day"} in keys
+
+
+def status_counts(conn: sa.Connection, day: dt.date) -> dict[str, int]:
+    query = sa.select(d.status, sa.func.count()).where(d.day == day).group_by(d.status)
+    counts = dict.fromkeys((SENT, PENDING, FAILED, SKIPPED), 0)
+    counts.update({status: n for status, n in conn.execute(query)})
+    return counts
+
+
+def stale_pending(conn: sa.Connection, day: dt.date, stale_before: dt.datetime) -> int:
+    """`pending` rows whose claim looks dead (a crashed delivery): the next run retries them."""
+    query = sa.select(sa.func.count()).where(
+        d.day == day, d.status == PENDING, d.claimed_at < stale_before
+    )
+    return conn.scalar(query) or 0
+
+
+def delivery_rows(conn: sa.Connection, day: dt.date) -> list[sa.Row]:
+    """The ledger of `day` with each user's email (for the CLI and tests)."""
+    query = (
+        sa.select(digest_deliveries, users.c.email)
+        .join(users, users.c.id == d.user_id)
+        .where(d.day == day)
+        .order_by(d.user_id)
+    )
+    return list(conn.execute(query))
