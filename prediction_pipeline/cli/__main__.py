@@ -1,0 +1,3 @@
+from prediction_pipeline.cli import main
+
+main()

@@ -1,0 +1,219 @@
+"""Schema, markets, the model registry and predictions."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from prediction_pipeline.cli.base import Context, main
+from prediction_pipeline.store import markets as market_store
+from prediction_pipeline.store import migrate
+from prediction_pipeline.store import models as model_store
+from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.store.db import safe_url
+
+
+@main.group()
+def db() -> None:
+    """Schema migrations of the app database."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_obj
+def db_upgrade(obj: Context, revision: str) -> None:
+    """Create or migrate the app database schema."""
+    migrate.upgrade(obj.engine, revision)
+    click.echo(
+        f"app database {safe_url(obj.database_url)} at {migrate.current_revision(obj.engine)}"
+    )
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(obj: Context) -> None:
+    """Show the schema revision of the app database and the code's head."""
+    click.echo(f"current: {migrate.current_revision(obj.engine) or 'none'}")
+    click.echo(f"head:    {migrate.head_revision()}")
+
+
+@main.group()
+def markets() -> None:
+    """Markets held in the app database."""
+
+
+@markets.command("show")
+@click.option("--status", type=click.Choice(["open", "closed", "resolved"]))
+@click.option("--search", help="Only questions containing this text.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def markets_show(obj: Context, status: str | None, search: str | None, limit: int, as_json: bool):
+    """The markets with the highest volume."""
+    with obj.engine.connect() as conn:
+        rows = market_store.list_markets(conn, status=status, limit=limit, search=search)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(dict(row._mapping), default=str))
+        return
+    if not rows:
+        click.echo("no markets: materialize the `markets` asset first (see README)")
+        return
+    click.echo(f"{'id':>6}  {'source_id':<16} {'status':<9} {'yes':>6} {'volume':>12}  question")
+    for row in rows:
+        price = "-" if row.yes_price is None else f"{row.yes_price:.3f}"
+        click.echo(
+            f"{row.id:>6}  {row.source_id[:16]:<16} {row.status:<9} {price:>6} "
+            f"{row.volume:>12,.0f}  {row.question[:70]}"
+        )
+
+
+@main.group()
+def models() -> None:
+    """The model registry (the `model` partitions follow it)."""
+
+
+def _sync_partition(slug: str) -> None:
+    """Add the model's dynamic partition now when a Dagster instance is configured; the
+    model_registry_sensor repairs any drift otherwise."""
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        click.echo("DAGSTER_HOME is unset: model_registry_sensor will add the partition")
+        return
+    import dagster as dg
+
+    from prediction_pipeline.partitions import model_partitions
+
+    with dg.DagsterInstance.get() as instance:
+        if not instance.has_dynamic_partition(model_partitions.name, slug):
+            instance.add_dynamic_partitions(model_partitions.name, [slug])
+            click.echo(f"added partition {slug!r} to {model_partitions.name!r}")
+
+
+@models.command("add")
+@click.argument("slug")
+@click.option("--web-search/--no-web-search", default=False, show_default=True)
+@click.option("--max-in-flight", default=4, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--rps",
+    "requests_per_second",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Requests per second to this model.",
+)
+@click.option("--max-cost-usd", type=click.FloatRange(min=0), help="Spend cap per day.")
+@click.option("--disabled", is_flag=True, help="Register without enabling.")
+@click.pass_obj
+def models_add(
+    obj: Context,
+    slug: str,
+    web_search: bool,
+    max_in_flight: int,
+    requests_per_second: float,
+    max_cost_usd: float | None,
+    disabled: bool,
+) -> None:
+    """Register (or update) a model, e.g. `openai/gpt-4o`."""
+    try:
+        spec = model_store.ModelSpec(
+            slug=model_store.validate_slug(slug),
+            provider=model_store.provider_for(slug),
+            enabled=not disabled,
+            web_search=web_search,
+            max_in_flight=max_in_flight,
+            requests_per_second=requests_per_second,
+            max_cost_usd=max_cost_usd,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="SLUG") from None
+    with obj.engine.begin() as conn:
+        model_store.upsert_model(conn, spec)
+    click.echo(f"{spec.slug}: {'enabled' if spec.enabled else 'disabled'} ({spec.provider})")
+    _sync_partition(spec.slug)
+
+
+@models.command("list")
+@click.pass_obj
+def models_list(obj: Context) -> None:
+    """Registered models with their limits."""
+    with obj.engine.connect() as conn:
+        specs = model_store.list_models(conn)
+    click.echo(
+        f"{'slug':<36} {'provider':<10} {'enabled':<8} {'web':<5} {'inflight':>8} "
+        f"{'rps':>7} {'cap_usd':>8}"
+    )
+    for m in specs:
+        cap = "-" if m.max_cost_usd is None else f"{m.max_cost_usd:g}"
+        click.echo(
+            f"{m.slug:<36} {m.provider:<10} {str(m.enabled).lower():<8} "
+            f"{str(m.web_search).lower():<5} {m.max_in_flight:>8} "
+            f"{m.requests_per_second:>7g} {cap:>8}"
+        )
+
+
+def _set_enabled(obj: Context, slug: str, enabled: bool) -> None:
+    with obj.engine.begin() as conn:
+        if not model_store.update_model(conn, slug, enabled=enabled):
+            raise click.ClickException(f"no model {slug!r}: `prediction-pipeline models add`")
+    click.echo(f"{slug}: {'enabled' if enabled else 'disabled'}")
+    if enabled:
+        _sync_partition(slug)
+
+
+@models.command("enable")
+@click.argument("slug")
+@click.pass_obj
+def models_enable(obj: Context, slug: str) -> None:
+    """Enable a model: the daily schedule forecasts with it."""
+    _set_enabled(obj, slug, True)
+
+
+@models.command("disable")
+@click.argument("slug")
+@click.pass_obj
+def models_disable(obj: Context, slug: str) -> None:
+    """Disable a model: the daily schedule leaves it out."""
+    _set_enabled(obj, slug, False)
+
+
+@main.group()
+def predictions() -> None:
+    """Stored predictions and their dead letters."""
+
+
+@predictions.command("show")
+@click.option("--model")
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def predictions_show(obj: Context, model: str | None, day, limit: int) -> None:
+    """The latest predictions."""
+    with obj.engine.connect() as conn:
+        rows = prediction_store.recent_predictions(conn, model, day.date() if day else None, limit)
+    for r in rows:
+        price = "-" if r.market_price is None else f"{r.market_price:.3f}"
+        click.echo(
+            f"{r.day} {r.model_slug:<28} {r.source_id[:14]:<14} p={r.probability:.3f} "
+            f"market={price} {r.question[:60]}"
+        )
+
+
+@predictions.command("failures")
+@click.option("--model")
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--limit", default=50, show_default=True)
+@click.pass_obj
+def predictions_failures(obj: Context, model: str | None, day, limit: int) -> None:
+    """Open dead letters; re-materialize the partition to re-drive them."""
+    with obj.engine.connect() as conn:
+        rows = prediction_store.open_failures(conn, model, day.date() if day else None, limit)
+    if not rows:
+        click.echo("no open failures")
+    for r in rows:
+        click.echo(
+            f"{r.day} {r.model_slug:<28} {r.source_id[:14]:<14} {r.kind:<6} "
+            f"attempts={r.attempts} {r.error_type}: {r.last_error[:100]}"
+        )

@@ -1,0 +1,111 @@
+"""On-demand requests, sessions, credits, status and alerts."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from prediction_pipeline.cli.base import Context, fail, main
+
+
+@main.command()
+@click.argument("market")
+@click.argument("model")
+@click.option("--web-search", is_flag=True, help="Let the model search the web.")
+@click.option("--user", "user_email", help="The requesting user's email.")
+@click.pass_obj
+def predict(obj: Context, market: str, model: str, web_search: bool, user_email: str | None):
+    """Queue one on-demand prediction of MARKET (id or source id) by MODEL; prints its id."""
+    from prediction_pipeline.services import on_demand
+
+    try:
+        request_id = on_demand.request_prediction(
+            obj.engine, market, model, user_email=user_email, web_search=web_search
+        )
+    except (LookupError, ValueError) as exc:
+        fail(exc)
+    click.echo(request_id)
+
+
+@main.group()
+def session() -> None:
+    """Multi-model prediction sessions, paid with credits."""
+
+
+@session.command("create")
+@click.option("--market", required=True, help="Market id or source id.")
+@click.option("--models", required=True, help="Comma-separated model slugs.")
+@click.option("--user", "user_email", required=True, help="The paying user's email.")
+@click.option("--web-search", is_flag=True, help="Research the question on the web first.")
+@click.pass_obj
+def session_create(obj: Context, market: str, models: str, user_email: str, web_search: bool):
+    """Debit credits and queue a session; prints its id."""
+    from prediction_pipeline.services import on_demand
+
+    try:
+        session_id = on_demand.create_session(
+            obj.engine, market, models.split(","), user_email, web_search=web_search
+        )
+    except (LookupError, ValueError) as exc:
+        fail(exc)
+    click.echo(session_id)
+
+
+@main.group()
+def credits() -> None:
+    """The credit ledger."""
+
+
+@credits.command("grant")
+@click.argument("email")
+@click.argument("amount", type=click.IntRange(min=1))
+@click.pass_obj
+def credits_grant(obj: Context, email: str, amount: int) -> None:
+    """Top a user up (created if needed); prints the new balance."""
+    from prediction_pipeline.services import on_demand
+
+    try:
+        balance = on_demand.grant(obj.engine, email, amount)
+    except ValueError as exc:
+        fail(exc)
+    click.echo(f"{email}: balance {balance}")
+
+
+@main.command()
+@click.argument("item_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(obj: Context, item_id: str, as_json: bool) -> None:
+    """Where a request or session stands: its status word first."""
+    from prediction_pipeline.services import on_demand
+
+    try:
+        info = on_demand.status(obj.engine, item_id)
+    except LookupError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(info, default=str))
+        return
+    click.echo(f"{info['status']} {info['kind']} {info['id']}")
+    for key, value in info.items():
+        if key not in ("status", "kind", "id") and value not in (None, ""):
+            click.echo(f"  {key}: {json.dumps(value, default=str)}")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def alerts(obj: Context, limit: int) -> None:
+    """Recent run-failure alerts."""
+    from prediction_pipeline.store import on_demand as queue
+
+    with obj.engine.connect() as conn:
+        rows = queue.alerts(conn, limit)
+    if not rows:
+        click.echo("no alerts")
+    for row in rows:
+        click.echo(
+            f"{row.created_at:%Y-%m-%d %H:%M} {row.job_name} {row.partition_key or ''} "
+            f"{row.run_url}\n  {row.error[:200]}"
+        )
