@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Iterator, Sequence
 
 import pandas as pd
@@ -97,42 +98,62 @@ def iter_window_chunks(
             return
 
 
+_DELTA_COLUMNS = (
+    "prediction_id",
+    "snapshot_day",
+    "market_price",
+    "price_then",
+    "delta",
+    "abs_delta",
+    "direction",
+    "computed_at",
+)
+_UPDATED = _DELTA_COLUMNS[2:]
+
+
 def upsert_deltas(conn: sa.Connection, deltas: pd.DataFrame) -> int:
     """Write deltas (with their `price_then`) idempotently per (prediction, snapshot day)."""
     if deltas.empty:
         return 0
-    frame = deltas.assign(computed_at=dt.datetime.now(dt.UTC))
-    frame = frame.astype(object).where(frame.notna(), None)  # NaN -> NULL
-    rows = frame[
-        [
-            "prediction_id",
-            "snapshot_day",
-            "market_price",
-            "price_then",
-            "delta",
-            "abs_delta",
-            "direction",
-            "computed_at",
-        ]
-    ].to_dict("records")
+    frame = deltas.assign(computed_at=dt.datetime.now(dt.UTC))[list(_DELTA_COLUMNS)]
+    if conn.dialect.name == "postgresql":
+        return _copy_upsert_postgresql(conn, frame)
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")  # NaN -> NULL
     insert = dialect_insert(conn, prediction_deltas)
     statement = insert.on_conflict_do_update(
         index_elements=["prediction_id", "snapshot_day"],
-        set_={
-            c: insert.excluded[c]
-            for c in (
-                "market_price",
-                "price_then",
-                "delta",
-                "abs_delta",
-                "direction",
-                "computed_at",
-            )
-        },
-    )
+        set_={c: insert.excluded[c] for c in _UPDATED},
+    ).returning(prediction_deltas.c.id)  # RETURNING lets SQLAlchemy batch rows per statement
     for offset in range(0, len(rows), 5_000):
-        conn.execute(statement, rows[offset : offset + 5_000])
+        conn.execute(statement, rows[offset : offset + 5_000]).all()
     return len(rows)
+
+
+def _copy_upsert_postgresql(conn: sa.Connection, frame: pd.DataFrame) -> int:
+    """PostgreSQL: COPY the chunk into a temporary table, then one INSERT ... SELECT ...
+    ON CONFLICT. An executemany of upserts costs a round trip per row; COPY streams."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
+    buffer.seek(0)
+    columns = ", ".join(_DELTA_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _UPDATED)
+    conn.exec_driver_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS deltas_incoming "
+        "(LIKE prediction_deltas INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(
+            f"COPY deltas_incoming ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
+        )
+    finally:
+        cursor.close()
+    conn.exec_driver_sql(
+        f"INSERT INTO prediction_deltas ({columns}) SELECT {columns} FROM deltas_incoming "
+        f"ON CONFLICT (prediction_id, snapshot_day) DO UPDATE SET {updates}"
+    )
+    conn.exec_driver_sql("TRUNCATE deltas_incoming")
+    return len(frame)
 
 
 def describe_predictions(conn: sa.Connection, prediction_ids: Sequence[int]) -> pd.DataFrame:
