@@ -278,7 +278,7 @@ def _peak_rss_mb() -> float:
 def child_new(url: str, port: int, settings: Settings) -> dict:
     from prediction_pipeline.clients.email import SmtpTransport
     from prediction_pipeline.core.digests import DigestRenderer
-    from prediction_pipeline.defs.digests.delivery import DeliverySettings, deliver_digests
+    from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
     from prediction_pipeline.store.db import make_engine
 
     engine = make_engine(url)

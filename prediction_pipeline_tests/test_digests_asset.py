@@ -390,7 +390,7 @@ CRASHING_DELIVERY = textwrap.dedent(
     import datetime as dt, os, sys
     from prediction_pipeline.clients.email import SmtpTransport
     from prediction_pipeline.core.digests import DigestRenderer
-    from prediction_pipeline.defs.digests.delivery import DeliverySettings, deliver_digests
+    from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
     from prediction_pipeline.store.db import make_engine
 
     class CrashAfterAccept:

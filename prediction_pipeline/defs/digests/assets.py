@@ -7,13 +7,13 @@ import dagster as dg
 from prediction_pipeline.clients.http_retry import RetryPolicy
 from prediction_pipeline.defs.digests.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.digests.config import DigestsConfig
-from prediction_pipeline.defs.digests.delivery import (
+from prediction_pipeline.partitions import daily_partitions
+from prediction_pipeline.resources import AppDatabase, DigestSettings, EmailTransportResource
+from prediction_pipeline.services.digests import (
     DeliveryReport,
     DeliverySettings,
     deliver_digests,
 )
-from prediction_pipeline.partitions import daily_partitions
-from prediction_pipeline.resources import AppDatabase, DigestSettings, EmailTransportResource
 from prediction_pipeline.store import digests as digest_store
 
 # For unexpected errors (a database outage...). A retry resumes: users already sent are
