@@ -47,7 +47,6 @@ import os
 import platform
 import shlex
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +61,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from benchmarks.common import git, peak_rss_mb, rounded, rss_now_mb
 from prediction_pipeline.core.deltas import DISTANCE_TOLERANCE, compute_deltas
 from prediction_pipeline.services.deltas import snapshot_deltas
 from prediction_pipeline.store import deltas as delta_store
@@ -455,24 +455,6 @@ def _jsonable(value: Any) -> Any:
 # -- measured steps (each runs alone in a spawned child) -----------------------------------
 
 
-def _proc_status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def _rss_now_mb() -> float:
-    return _proc_status_mb("VmRSS")
-
-
-def _peak_rss_mb() -> float:
-    # The high-water mark of this process image. ru_maxrss would not do: after fork + exec,
-    # Linux keeps the parent's high-water mark in it.
-    return _proc_status_mb("VmHWM")
-
-
 class _DbapiTimer:
     """Seconds spent inside the DBAPI (driver + server) per statement kind."""
 
@@ -642,7 +624,7 @@ STEPS: dict[str, Callable[[sa.Engine, dict[str, Any]], dict[str, Any]]] = {
 def _child(step: str, url: str, params: dict[str, Any], pipe) -> None:
     try:
         engine = make_engine(url)
-        base = _rss_now_mb()
+        base = rss_now_mb()
         started = time.perf_counter()
         result = STEPS[step](engine, params)
         wall = time.perf_counter() - started
@@ -652,7 +634,7 @@ def _child(step: str, url: str, params: dict[str, Any], pipe) -> None:
                 "ok": True,
                 "wall_s": wall,
                 "base_rss_mb": base,
-                "peak_rss_mb": _peak_rss_mb(),
+                "peak_rss_mb": peak_rss_mb(),
                 **result,
             }
         )
@@ -850,39 +832,15 @@ def print_engine(result: dict[str, Any]) -> None:
     )
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent.parent,  # the repository root: pathspecs
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.rstrip() if done.returncode == 0 else None
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def environment() -> dict[str, Any]:
     import psycopg2
 
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     return {
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
         "git_dirty_paths": (
-            _git("status", "--porcelain", "--", "prediction_pipeline") or ""
+            git("status", "--porcelain", "--", "prediction_pipeline") or ""
         ).splitlines(),
         "cpus": os.cpu_count(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
@@ -994,7 +952,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     settings, output = parse_args(argv)
-    result = _rounded(run(settings))
+    result = rounded(run(settings))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(

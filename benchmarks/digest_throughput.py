@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import git, peak_rss_mb, rss_now_mb
+
 RESULTS_PATH = Path(__file__).parent / "results" / "digest_throughput.json"
 DAY = dt.date(2026, 6, 2)  # any day after the synthetic epoch; fixed for repeatability
 SECRET = "benchmark-secret"
@@ -257,24 +259,6 @@ def settings_args(s: Settings) -> list[str]:
 # -- the approaches (children) ----------------------------------------------------------
 
 
-def _status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process, from /proc/self/status. Not ru_maxrss:
-    Linux carries that across exec, so a child would report its parent's peak."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _rss_now_mb() -> float:
-    return _status_mb("VmRSS")
-
-
-def _peak_rss_mb() -> float:
-    return _status_mb("VmHWM")
-
-
 def child_new(url: str, port: int, settings: Settings) -> dict:
     from prediction_pipeline.clients.email import SmtpTransport
     from prediction_pipeline.core.digests import DigestRenderer
@@ -288,11 +272,11 @@ def child_new(url: str, port: int, settings: Settings) -> dict:
         max_messages_per_second=settings.rate,
         connections=settings.connections,
     )
-    base = _rss_now_mb()
+    base = rss_now_mb()
     started = time.perf_counter()
     report = deliver_digests(engine, transport, DigestRenderer(SECRET), DAY, delivery)
     wall = time.perf_counter() - started
-    peak = _peak_rss_mb() - base
+    peak = peak_rss_mb() - base
     rerun_started = time.perf_counter()
     rerun = deliver_digests(engine, transport, DigestRenderer(SECRET), DAY, delivery)
     rerun_wall = time.perf_counter() - rerun_started
@@ -321,7 +305,7 @@ def child_naive(url: str, port: int, settings: Settings, users: int) -> dict:
 
     engine = make_engine(url)
     renderer = core.DigestRenderer(SECRET)
-    base = _rss_now_mb()
+    base = rss_now_mb()
     started = time.perf_counter()
     with engine.connect() as conn:
         people = store.watching_users(conn, 0, users)
@@ -364,7 +348,7 @@ def child_naive(url: str, port: int, settings: Settings, users: int) -> dict:
         "failed": 0,
         "skipped": len(people) - len(messages),
         "connections": len(messages),
-        "peak_rss_mb": _peak_rss_mb() - base,
+        "peak_rss_mb": peak_rss_mb() - base,
     }
 
 
@@ -471,7 +455,7 @@ def run(settings: Settings) -> dict[str, Any]:
         "settings": asdict(settings),
         "setup": setup,
         "environment": {
-            "git_commit": _git("rev-parse", "--short", "HEAD"),
+            "git_commit": git("rev-parse", "--short", "HEAD"),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -506,20 +490,6 @@ def run(settings: Settings) -> dict[str, Any]:
         },
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent.parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,7 +63,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -76,6 +75,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
+from benchmarks.common import git, rounded
 from prediction_pipeline.defs.markets.assets import markets
 from prediction_pipeline.defs.on_demand.jobs import prediction_request_job
 from prediction_pipeline.defs.on_demand.sensors import REQUEST_TAG
@@ -520,30 +520,6 @@ def print_report(result: dict[str, Any]) -> None:
     )
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent.parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
     from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
 
@@ -573,11 +549,11 @@ def run(settings: Settings, argv: list[str]) -> dict[str, Any]:
         "sensor_interval_seconds": prediction_requests_sensor.minimum_interval_seconds,
         "sensor_loop_seconds": MIN_INTERVAL_LOOP_TIME,
         "environment": {
-            "git_commit": _git("rev-parse", "--short", "HEAD"),
+            "git_commit": git("rev-parse", "--short", "HEAD"),
             "git_dirty_paths": [
                 line.split(maxsplit=1)[-1]
                 for line in (
-                    _git("status", "--porcelain", "--", "prediction_pipeline") or ""
+                    git("status", "--porcelain", "--", "prediction_pipeline") or ""
                 ).splitlines()
             ],
             "python": platform.python_version(),
@@ -629,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings, output = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    result = _rounded(run(settings, argv))
+    result = rounded(run(settings, argv))
     print_report(result)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from benchmarks.common import git, rounded
 from prediction_pipeline.clients.http_retry import RetryPolicy, RetryStats
 from prediction_pipeline.clients.openrouter import OpenRouterClient, OpenRouterForecaster
 from prediction_pipeline.core.forecast import MarketContext
@@ -476,12 +476,12 @@ def run(settings: Settings) -> dict[str, Any]:
         "command": "python -m benchmarks.prediction_throughput " + " ".join(sys.argv[1:]),
         "settings": asdict(settings),
         "environment": {
-            "git_commit": _git("rev-parse", "--short", "HEAD"),
+            "git_commit": git("rev-parse", "--short", "HEAD"),
             # Production files with uncommitted changes when the figures were taken.
             "git_dirty_paths": [
                 line.split(maxsplit=1)[-1]
                 for line in (
-                    _git("status", "--porcelain", "--", "prediction_pipeline") or ""
+                    git("status", "--porcelain", "--", "prediction_pipeline") or ""
                 ).splitlines()
             ],
             "python": platform.python_version(),
@@ -506,30 +506,6 @@ def run(settings: Settings) -> dict[str, Any]:
         },
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent.parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -630,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     settings, output = parse_args(argv)
     # Retries are expected here; their warnings would drown the table.
     logging.basicConfig(level=logging.ERROR)
-    result = _rounded(run(settings))
+    result = rounded(run(settings))
     print_report(result)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
