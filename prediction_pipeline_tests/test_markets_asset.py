@@ -59,7 +59,7 @@ def test_consecutive_days_grow_history_and_record_resolutions(database_url, engi
             held.append(conn.scalar(sa.select(sa.func.count()).select_from(markets_table)))
     assert held == sorted(held) and held[-1] > held[0]  # new markets open, none are lost
     with engine.connect() as conn:
-        days = conn.scalars(sa.select(sa.distinct(market_snapshots.c.day))).all()
+        days = conn.scalars(sa.select(market_snapshots.c.day).distinct()).all()
     assert len(days) == 4
 
     # Jump ahead: markets that left the active list are looked up and their end recorded.
