@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from benchmarks.common import git, peak_rss_mb, rounded, rss_now_mb
+from benchmarks.common import git, peak_rss_mb, rounded, rss_now_mb, text_table
 from prediction_pipeline.core.deltas import DISTANCE_TOLERANCE, compute_deltas
 from prediction_pipeline.services.deltas import snapshot_deltas
 from prediction_pipeline.store import deltas as delta_store
@@ -789,14 +789,7 @@ def table(measurements: list[dict[str, Any]]) -> str:
                 f"{m['ratio']:.1f}x" if m["ratio"] else "-",
             )
         )
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join((first, *rest))
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return text_table(header, rows)
 
 
 def print_engine(result: dict[str, Any]) -> None:

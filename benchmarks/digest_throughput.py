@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import git, peak_rss_mb, rss_now_mb
+from benchmarks.common import git, peak_rss_mb, rss_now_mb, text_table
 
 RESULTS_PATH = Path(__file__).parent / "results" / "digest_throughput.json"
 DAY = dt.date(2026, 6, 2)  # any day after the synthetic epoch; fixed for repeatability
@@ -412,14 +412,7 @@ def table(outcomes: list[Outcome]) -> str:
         )
         for o in outcomes
     ]
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join((first, *rest))
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return text_table(header, rows)
 
 
 def run(settings: Settings) -> dict[str, Any]:

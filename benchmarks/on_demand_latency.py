@@ -75,7 +75,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from benchmarks.common import git, rounded
+from benchmarks.common import git, rounded, text_table
 from prediction_pipeline.defs.markets.assets import markets
 from prediction_pipeline.defs.on_demand.jobs import prediction_request_job
 from prediction_pipeline.defs.on_demand.sensors import REQUEST_TAG
@@ -468,14 +468,7 @@ def table(result: dict[str, Any]) -> str:
 
         return (name, label, str(s["n"]), f(s["min"]), f(s["median"]), f(s["p95"]), f(s["max"]))
 
-    lines = [cells(*row) for row in rows]
-    widths = [max(len(r[i]) for r in (header, *lines)) for i in range(len(header))]
-
-    def line(c: tuple[str, ...]) -> str:
-        left = [c[0].ljust(widths[0]), c[1].ljust(widths[1])]
-        return "  ".join(left + [v.rjust(w) for v, w in zip(c[2:], widths[2:], strict=True)])
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, lines)])
+    return text_table(header, [cells(*row) for row in rows], left_columns=2)
 
 
 def print_report(result: dict[str, Any]) -> None:

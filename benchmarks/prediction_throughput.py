@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from benchmarks.common import git, rounded
+from benchmarks.common import git, rounded, text_table
 from prediction_pipeline.clients.http_retry import RetryPolicy, RetryStats
 from prediction_pipeline.clients.openrouter import OpenRouterClient, OpenRouterForecaster
 from prediction_pipeline.core.forecast import MarketContext
@@ -441,14 +441,7 @@ def table(outcomes: list[Outcome]) -> str:
         )
         for o in outcomes
     ]
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join((first, *rest))
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+    return text_table(header, rows)
 
 
 def run(settings: Settings) -> dict[str, Any]:

@@ -60,7 +60,6 @@ class PredictionReport:
     cost_usd: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source id, error)
-    stored_ids: list[int] = field(default_factory=list)
     stats: RetryStats = field(default_factory=RetryStats)
     fatal: str | None = None
     elapsed_s: float = 0.0
@@ -191,7 +190,6 @@ async def run_predictions(
                 report.skipped_existing += 1
                 continue
             report.predicted += 1
-            report.stored_ids.append(new_id)
             report.prompt_tokens += result.prompt_tokens
             report.completion_tokens += result.completion_tokens
             report.cost_usd += result.cost_usd

@@ -395,6 +395,14 @@ def _held(day: dt.date, user_id: int, token: str):
     return sa.and_(d.day == day, d.user_id == user_id, d.claim_token == token, d.status == PENDING)
 
 
+def _update_held(conn: sa.Connection, day: dt.date, user_id: int, token: str, **values) -> bool:
+    """Update the row only while this claim still holds it (fencing); True if it did."""
+    result = conn.execute(
+        sa.update(digest_deliveries).where(_held(day, user_id, token)).values(**values)
+    )
+    return result.rowcount == 1
+
+
 def claim_retry(
     conn: sa.Connection,
     day: dt.date,
@@ -406,17 +414,16 @@ def claim_retry(
     """Before a further attempt: `attempts + 1`, a fresh `claimed_at` and the error of the
     attempt before, if we still hold the claim. Commit before sending."""
     now = now or dt.datetime.now(dt.UTC)
-    result = conn.execute(
-        sa.update(digest_deliveries)
-        .where(_held(day, user_id, token))
-        .values(
-            attempts=d.attempts + 1,
-            last_error=last_error[:_ERROR_CHARS],
-            claimed_at=now,
-            updated_at=now,
-        )
+    return _update_held(
+        conn,
+        day,
+        user_id,
+        token,
+        attempts=d.attempts + 1,
+        last_error=last_error[:_ERROR_CHARS],
+        claimed_at=now,
+        updated_at=now,
     )
-    return result.rowcount == 1
 
 
 def refresh_claim(
@@ -424,12 +431,7 @@ def refresh_claim(
 ) -> bool:
     """Renew a claim that waited long in the queue (so it does not look dead)."""
     now = now or dt.datetime.now(dt.UTC)
-    result = conn.execute(
-        sa.update(digest_deliveries)
-        .where(_held(day, user_id, token))
-        .values(claimed_at=now, updated_at=now)
-    )
-    return result.rowcount == 1
+    return _update_held(conn, day, user_id, token, claimed_at=now, updated_at=now)
 
 
 def mark_sent(
@@ -441,18 +443,17 @@ def mark_sent(
     now: dt.datetime | None = None,
 ) -> bool:
     now = now or dt.datetime.now(dt.UTC)
-    result = conn.execute(
-        sa.update(digest_deliveries)
-        .where(_held(day, user_id, token))
-        .values(
-            status=SENT,
-            provider_message_id=(provider_message_id or "")[:255] or None,
-            sent_at=now,
-            claim_token=None,
-            updated_at=now,
-        )
+    return _update_held(
+        conn,
+        day,
+        user_id,
+        token,
+        status=SENT,
+        provider_message_id=(provider_message_id or "")[:255] or None,
+        sent_at=now,
+        claim_token=None,
+        updated_at=now,
     )
-    return result.rowcount == 1
 
 
 def mark_failed(
@@ -466,18 +467,17 @@ def mark_failed(
 ) -> bool:
     """`permanent` failures are final for the day; `transient` ones are claimable again."""
     now = now or dt.datetime.now(dt.UTC)
-    result = conn.execute(
-        sa.update(digest_deliveries)
-        .where(_held(day, user_id, token))
-        .values(
-            status=FAILED,
-            error_kind=kind,
-            last_error=error[:_ERROR_CHARS],
-            claim_token=None,
-            updated_at=now,
-        )
+    return _update_held(
+        conn,
+        day,
+        user_id,
+        token,
+        status=FAILED,
+        error_kind=kind,
+        last_error=error[:_ERROR_CHARS],
+        claim_token=None,
+        updated_at=now,
     )
-    return result.rowcount == 1
 
 
 def release(
@@ -491,19 +491,18 @@ def release(
     """Give back a claim whose message was never handed to the transport (the batch stopped):
     the attempt is not counted, and the row is claimable again at once."""
     now = now or dt.datetime.now(dt.UTC)
-    result = conn.execute(
-        sa.update(digest_deliveries)
-        .where(_held(day, user_id, token))
-        .values(
-            status=FAILED,
-            error_kind=TRANSIENT,
-            attempts=d.attempts - 1,
-            last_error=f"not sent: {reason}"[:_ERROR_CHARS],
-            claim_token=None,
-            updated_at=now,
-        )
+    return _update_held(
+        conn,
+        day,
+        user_id,
+        token,
+        status=FAILED,
+        error_kind=TRANSIENT,
+        attempts=d.attempts - 1,
+        last_error=f"not sent: {reason}"[:_ERROR_CHARS],
+        claim_token=None,
+        updated_at=now,
     )
-    return result.rowcount == 1
 
 
 def pending_run_ids(conn: sa.Connection, day: dt.date) -> list[str]:

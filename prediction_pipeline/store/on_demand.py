@@ -85,29 +85,29 @@ def get_request(conn: sa.Connection, request_id: str) -> sa.Row | None:
     ).first()
 
 
-def queued_requests(conn: sa.Connection, limit: int = 100) -> list[sa.Row]:
+def _queued(conn: sa.Connection, table: sa.Table, limit: int) -> list[sa.Row]:
     query = (
-        sa.select(prediction_requests)
-        .where(prediction_requests.c.status == QUEUED)
-        .order_by(prediction_requests.c.created_at)
-        .limit(limit)
+        sa.select(table).where(table.c.status == QUEUED).order_by(table.c.created_at).limit(limit)
     )
     return list(conn.execute(query))
 
 
-def start_request(conn: sa.Connection, request_id: str, run_id: str) -> sa.Row:
-    """Mark the request running in this run (a re-launch after a crash takes it over)."""
+def _start(conn: sa.Connection, table: sa.Table, item_id: str, run_id: str) -> None:
+    """Mark a request or session running in this run (a re-launch takes it over)."""
     now = _now()
     conn.execute(
-        sa.update(prediction_requests)
-        .where(prediction_requests.c.id == request_id)
-        .values(
-            status=RUNNING,
-            run_id=run_id,
-            started_at=now,
-            updated_at=now,
-        )
+        sa.update(table)
+        .where(table.c.id == item_id)
+        .values(status=RUNNING, run_id=run_id, started_at=now, updated_at=now)
     )
+
+
+def queued_requests(conn: sa.Connection, limit: int = 100) -> list[sa.Row]:
+    return _queued(conn, prediction_requests, limit)
+
+
+def start_request(conn: sa.Connection, request_id: str, run_id: str) -> sa.Row:
+    _start(conn, prediction_requests, request_id, run_id)
     return get_request(conn, request_id)
 
 
@@ -239,27 +239,11 @@ def get_session(conn: sa.Connection, session_id: str, *, lock: bool = False) -> 
 
 
 def queued_sessions(conn: sa.Connection, limit: int = 100) -> list[sa.Row]:
-    query = (
-        sa.select(prediction_sessions)
-        .where(prediction_sessions.c.status == QUEUED)
-        .order_by(prediction_sessions.c.created_at)
-        .limit(limit)
-    )
-    return list(conn.execute(query))
+    return _queued(conn, prediction_sessions, limit)
 
 
 def start_session(conn: sa.Connection, session_id: str, run_id: str) -> sa.Row:
-    now = _now()
-    conn.execute(
-        sa.update(prediction_sessions)
-        .where(prediction_sessions.c.id == session_id)
-        .values(
-            status=RUNNING,
-            run_id=run_id,
-            started_at=now,
-            updated_at=now,
-        )
-    )
+    _start(conn, prediction_sessions, session_id, run_id)
     return get_session(conn, session_id)
 
 
