@@ -94,8 +94,12 @@ def count(engine, table, *where):
 
 
 def test_a_request_becomes_one_run_and_one_prediction(world, engine):
-    request_id = on_demand.request_prediction(engine, world["market"].id, "baseline/momentum")
+    on_demand.grant(engine, USER, 2)
+    request_id = on_demand.request_prediction(
+        engine, world["market"].id, "baseline/momentum", user_email=USER
+    )
     assert on_demand.status(engine, request_id)["status"] == "queued"
+    assert on_demand.status(engine, request_id)["balance"] == 1  # debited at creation
     [run_request] = tick(prediction_requests_sensor, world)
     assert run_request.run_key == f"request:{request_id}:0"
     assert run_request.tags["dagster/partition/model"] == "baseline/momentum"  # per-model limit
@@ -103,6 +107,7 @@ def test_a_request_becomes_one_run_and_one_prediction(world, engine):
 
     info = on_demand.status(engine, request_id)
     assert info["status"] == "succeeded" and info["prediction_id"]
+    assert info["credits_charged"] == 1 and info["credits_refunded"] == 0 and info["balance"] == 1
     assert count(engine, predictions, predictions.c.request_id == request_id) == 1
     assert tick(prediction_requests_sensor, world) == []  # ticking again launches nothing
     # Re-running the same run (an op retry, a re-execution) does not predict again.

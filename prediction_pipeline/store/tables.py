@@ -279,10 +279,15 @@ prediction_requests = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("run_id", sa.String(64)),
     sa.Column("launches", sa.Integer, nullable=False, server_default="0"),
+    # The caller's retry key (migration 0006): a repeat with the same key returns this row.
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("credits_charged", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("credits_refunded", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "idempotency_key"),
     sa.Index("ix_prediction_requests_status", "status"),
 )
 
@@ -300,7 +305,6 @@ prediction_sessions = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     # queued | research | predicting | notifying | done
     sa.Column("current_step", sa.String(16), nullable=False),
-    sa.Column("progress", sa.JSON, nullable=False),  # model -> {status, prediction_id, error}
     sa.Column("research", sa.Text),
     sa.Column("credits_charged", sa.Integer, nullable=False),
     sa.Column("credits_refunded", sa.Integer, nullable=False, server_default="0"),
@@ -308,27 +312,60 @@ prediction_sessions = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("launches", sa.Integer, nullable=False, server_default="0"),
     sa.Column("notified_at", UTCDateTime),
+    sa.Column("idempotency_key", sa.String(200)),  # see prediction_requests
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "idempotency_key"),
     sa.Index("ix_prediction_sessions_status", "status"),
 )
 
-# Append-only: a user's balance is SUM(delta). One debit per session and one refund per
-# (session, model) at most, whatever retries or recoveries happen.
+# One row per (session, model): each model step updates its own row, so parallel steps
+# cannot overwrite each other's progress (migration 0006 replaced a JSON column).
+session_models = sa.Table(
+    "session_models",
+    metadata,
+    sa.Column(
+        "session_id",
+        sa.String(36),
+        sa.ForeignKey("prediction_sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("model_slug", sa.String(200), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),  # order of the user's selection
+    sa.Column("status", sa.String(16), nullable=False),  # queued | running | succeeded | failed
+    sa.Column("prediction_id", sa.Integer, sa.ForeignKey("predictions.id", ondelete="SET NULL")),
+    sa.Column("probability", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("credits_charged", sa.Integer, nullable=False),  # what a refund gives back
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Append-only, enforced (migration 0006): no cascade from `users` (deleting a user with
+# credit history is refused) and triggers refuse UPDATE and DELETE on both databases.
+# A user's balance is SUM(delta). One debit per session or request, one refund per
+# (session, model) or request at most, whatever retries or recoveries happen; a refund
+# names its debit (`debit_id`) and gives back what that debit charged.
 credit_ledger = sa.Table(
     "credit_ledger",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("delta", sa.Integer, nullable=False),
     sa.Column("reason", sa.String(16), nullable=False),  # grant | debit | refund
     sa.Column("session_id", sa.String(36)),
     sa.Column("model_slug", sa.String(200)),
+    sa.Column("request_id", sa.String(36)),
+    sa.Column("debit_id", sa.Integer),  # a refund's debit row (same table, never deleted)
     sa.Column("note", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(
+        "(reason = 'debit' AND delta < 0) OR (reason IN ('grant', 'refund') AND delta > 0)",
+        name="delta_sign",
+    ),
     sa.UniqueConstraint("session_id", "model_slug", "reason"),
+    sa.UniqueConstraint("request_id", "reason"),
     sa.Index("ix_credit_ledger_user_id", "user_id"),
 )
 
