@@ -323,14 +323,13 @@ prediction_sessions = sa.Table(
 
 # One row per (session, model): each model step updates its own row, so parallel steps
 # cannot overwrite each other's progress (migration 0006 replaced a JSON column).
+# No ON DELETE CASCADE: on SQLite a migration that rebuilds prediction_sessions (batch
+# mode drops the old table) must fail loudly, not silently empty this table.
 session_models = sa.Table(
     "session_models",
     metadata,
     sa.Column(
-        "session_id",
-        sa.String(36),
-        sa.ForeignKey("prediction_sessions.id", ondelete="CASCADE"),
-        primary_key=True,
+        "session_id", sa.String(36), sa.ForeignKey("prediction_sessions.id"), primary_key=True
     ),
     sa.Column("model_slug", sa.String(200), primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),  # order of the user's selection

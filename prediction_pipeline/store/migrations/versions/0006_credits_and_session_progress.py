@@ -127,6 +127,12 @@ def _rows_to_progress(conn: sa.Connection) -> None:
 
 
 def upgrade() -> None:
+    # Rebuild prediction_sessions (SQLite) while nothing references it yet.
+    with op.batch_alter_table("prediction_sessions") as batch:
+        batch.add_column(sa.Column("idempotency_key", sa.String(200)))
+        batch.create_unique_constraint(
+            "uq_prediction_sessions_user_id_idempotency_key", ["user_id", "idempotency_key"]
+        )
     op.create_table(
         "session_models",
         sa.Column("session_id", sa.String(36), nullable=False),
@@ -143,7 +149,6 @@ def upgrade() -> None:
             ["session_id"],
             ["prediction_sessions.id"],
             name="fk_session_models_session_id_prediction_sessions",
-            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["prediction_id"],
@@ -153,12 +158,9 @@ def upgrade() -> None:
         ),
     )
     _progress_to_rows(op.get_bind())
-    with op.batch_alter_table("prediction_sessions") as batch:
-        batch.drop_column("progress")
-        batch.add_column(sa.Column("idempotency_key", sa.String(200)))
-        batch.create_unique_constraint(
-            "uq_prediction_sessions_user_id_idempotency_key", ["user_id", "idempotency_key"]
-        )
+    # A native DROP COLUMN (SQLite >= 3.35): a batch rebuild would drop and re-create the
+    # table that session_models now references.
+    op.drop_column("prediction_sessions", "progress")
     with op.batch_alter_table("prediction_requests") as batch:
         batch.add_column(sa.Column("idempotency_key", sa.String(200)))
         batch.add_column(
@@ -198,9 +200,11 @@ def downgrade() -> None:
         batch.drop_column("credits_refunded")
         batch.drop_column("credits_charged")
         batch.drop_column("idempotency_key")
+    op.add_column(
+        "prediction_sessions", sa.Column("progress", sa.JSON, nullable=False, server_default="{}")
+    )
+    _rows_to_progress(op.get_bind())
+    op.drop_table("session_models")
     with op.batch_alter_table("prediction_sessions") as batch:
         batch.drop_constraint("uq_prediction_sessions_user_id_idempotency_key", type_="unique")
         batch.drop_column("idempotency_key")
-        batch.add_column(sa.Column("progress", sa.JSON, nullable=False, server_default="{}"))
-    _rows_to_progress(op.get_bind())
-    op.drop_table("session_models")
