@@ -333,14 +333,11 @@ def test_requeue_leaves_finished_work_alone(engine, market_id):
         queue.set_model_progress(conn, session_id, MODELS[0], status=queue.SUCCEEDED)
         queue.finish_session(conn, session_id)
         queue.finish_request(conn, request_id, prediction_id=None, error=None)
-    with engine.begin() as conn:
+    with engine.begin() as conn:  # recovery acting on what it read before they finished
         queue.requeue(conn, "session", session_id)
         queue.requeue(conn, "request", request_id)
-        queue.fail_session(conn, session_id, "gave up late")
-    session = on_demand.status(engine, session_id)
-    request = on_demand.status(engine, request_id)
-    assert session["status"] == "completed" and session["error"] is None
-    assert request["status"] == "succeeded"
+    assert on_demand.status(engine, session_id)["status"] == "completed"
+    assert on_demand.status(engine, request_id)["status"] == "succeeded"
     with engine.connect() as conn:
         launches = conn.execute(
             sa.select(prediction_sessions.c.launches).union_all(
@@ -348,7 +345,12 @@ def test_requeue_leaves_finished_work_alone(engine, market_id):
             )
         ).scalars()
         assert list(launches) == [0, 0]
-    assert balance(engine) == 0  # nothing refunded by the late give-up
+    with engine.begin() as conn:  # a late give-up changes nothing either
+        queue.fail_session(conn, session_id, "gave up late")
+        queue.finish_request(conn, request_id, prediction_id=None, error="gave up late")
+    assert on_demand.status(engine, session_id)["error"] is None
+    assert on_demand.status(engine, request_id)["error"] is None
+    assert balance(engine) == 0  # nothing refunded
 
 
 # -- SQLite transactions and the migration ---------------------------------------------------
