@@ -58,7 +58,8 @@ def _sqlite_transactions(engine: sa.Engine) -> None:
 
     @sa.event.listens_for(engine, "before_execute")
     def _note_autobegin(conn, *_args) -> None:
-        # Fires before SQLAlchemy autobegins a transaction for this statement.
+        # Fires before SQLAlchemy autobegins a transaction for this statement (not for
+        # exec_driver_sql, whose autobegin is then IMMEDIATE: the safe side).
         if not conn.in_transaction():
             conn.info[_AUTOBEGIN] = True
 
@@ -66,7 +67,20 @@ def _sqlite_transactions(engine: sa.Engine) -> None:
     def _begin(conn) -> None:
         autobegin = conn.info.pop(_AUTOBEGIN, False)
         conn.exec_driver_sql("BEGIN" if autobegin else "BEGIN IMMEDIATE")
-        conn.info.pop(_AUTOBEGIN, None)  # set again by the BEGIN statement itself
+
+    # The note lives on the pooled DBAPI connection: never let it outlive its statement.
+    @sa.event.listens_for(engine, "after_execute")
+    def _forget_after(conn, *_args) -> None:
+        conn.info.pop(_AUTOBEGIN, None)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _forget_on_error(context) -> None:
+        if context.connection is not None:
+            context.connection.info.pop(_AUTOBEGIN, None)
+
+    @sa.event.listens_for(engine, "checkin")
+    def _forget_on_checkin(_dbapi_connection, record) -> None:
+        record.info.pop(_AUTOBEGIN, None)
 
 
 def dialect_insert(conn: sa.Connection, table: sa.Table):
