@@ -310,7 +310,7 @@ def test_a_failed_request_is_refunded_once(engine, market_id):
     on_demand.grant(engine, USER, 1)
     request_id = on_demand.request_prediction(engine, market_id, MODELS[0], user_email=USER)
     assert balance(engine) == 0
-    with pytest.raises(queue.InsufficientCredits, match="costs 1 credits; the balance is 0"):
+    with pytest.raises(queue.InsufficientCredits, match="costs 1 credit; the balance is 0"):
         on_demand.request_prediction(engine, market_id, MODELS[0], user_email=USER)
     with engine.begin() as conn:
         assert queue.finish_request(conn, request_id, prediction_id=None, error="gave up")

@@ -109,13 +109,22 @@ def create_session(
         )
 
 
-def grant(engine: sa.Engine, email: str, credits: int) -> int:
+def grant(
+    engine: sa.Engine,
+    email: str,
+    credits: int,
+    *,
+    note: str | None = None,
+    idempotency_key: str | None = None,
+) -> int:
     """Top a user up (created if needed); returns the new balance. Credits are a whole
-    number from 1 to MAX_GRANT, checked before anything is written."""
+    number from 1 to MAX_GRANT, checked before anything is written. The same idempotency
+    key again for the same user grants nothing."""
     credits = queue.check_credits(credits)
+    key = queue.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
         user, _ = user_store.add_user(conn, email)
-        return queue.grant_credits(conn, user.id, credits)
+        return queue.grant_credits(conn, user.id, credits, note, idempotency_key=key)
 
 
 def status(engine: sa.Engine, item_id: str) -> dict:

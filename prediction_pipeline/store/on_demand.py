@@ -43,7 +43,10 @@ _PROGRESS_FIELDS = ("status", "prediction_id", "probability", "error")
 
 
 class InsufficientCredits(ValueError):
-    pass
+    def __init__(self, required: int, balance: int) -> None:
+        credits = "credit" if required == 1 else "credits"
+        super().__init__(f"this costs {required} {credits}; the balance is {balance}")
+        self.required, self.balance = required, balance
 
 
 class UnknownModel(LookupError):
@@ -125,12 +128,29 @@ def _balance_of(user_id: int) -> sa.ScalarSelect:
     )
 
 
-def grant_credits(conn: sa.Connection, user_id: int, amount: int, note: str | None = None) -> int:
+def grant_credits(
+    conn: sa.Connection,
+    user_id: int,
+    amount: int,
+    note: str | None = None,
+    *,
+    idempotency_key: str | None = None,
+) -> int:
+    """Add `amount`; returns the new balance. With an idempotency key, a repeat of the same
+    key for the same user grants nothing (UNIQUE (user, key))."""
     amount = check_credits(amount)
+    key = check_idempotency_key(idempotency_key)
     conn.execute(
-        sa.insert(credit_ledger).values(
-            user_id=user_id, delta=amount, reason="grant", note=note, created_at=_now()
+        dialect_insert(conn, credit_ledger)
+        .values(
+            user_id=user_id,
+            delta=amount,
+            reason="grant",
+            note=note,
+            idempotency_key=key,
+            created_at=_now(),
         )
+        .on_conflict_do_nothing()
     )
     return balance(conn, user_id)
 
@@ -167,9 +187,7 @@ def _debit(
         sa.insert(credit_ledger).from_select(list(values), covered).returning(credit_ledger.c.id)
     )
     if debit_id is None:
-        raise InsufficientCredits(
-            f"this costs {cost} credits; the balance is {balance(conn, user_id)}"
-        )
+        raise InsufficientCredits(cost, balance(conn, user_id))
     return debit_id
 
 

@@ -366,6 +366,40 @@ credit_ledger = sa.Table(
     sa.UniqueConstraint("session_id", "model_slug", "reason"),
     sa.UniqueConstraint("request_id", "reason"),
     sa.Index("ix_credit_ledger_user_id", "user_id"),
+    # A grant's retry key (migration 0011): the same key for the same user grants once.
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Index("ux_credit_ledger_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
+)
+
+# Keys of the HTTP API (migration 0011). Only a SHA-256 of each key is stored: keys are 256
+# random bits, so a plain hash cannot be reversed and needs no salt; `prefix` lets an
+# operator tell keys apart in `api keys list` without revealing them.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.UniqueConstraint("key_hash"),
+)
+
+# The first answer to each POST that carried an Idempotency-Key, per API key: a retry with
+# the same key and body gets it again; the same key with another body is refused.
+api_idempotency = sa.Table(
+    "api_idempotency",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("api_key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False),
+    sa.Column("endpoint", sa.String(100), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),  # SHA-256 of the body
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("api_key_id", "idempotency_key"),
 )
 
 run_failure_alerts = sa.Table(
