@@ -194,8 +194,10 @@ def test_a_dead_session_run_is_relaunched_without_double_charge(world, engine):
 def test_recovery_gives_up_with_a_refund_after_repeated_deaths(world, engine):
     on_demand.grant(engine, USER, 2)
     session_id = on_demand.create_session(engine, world["market"].id, ["baseline/market"], USER)
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RECOVERY_GRACE_SECONDS + 1)
     for launches in range(3):
+        # Past the grace period of this launch (each requeue restarts it): a `later` fixed
+        # before the loop made the test depend on how fast the machine ran it.
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RECOVERY_GRACE_SECONDS + 1)
         [request] = tick(prediction_sessions_sensor, world)
         assert request.run_key.endswith(f":{launches}")
         run = world["instance"].create_run_for_job(
