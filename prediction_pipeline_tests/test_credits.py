@@ -245,6 +245,21 @@ def test_cli_grant_says_what_is_wrong_in_one_line(database_url, amount, message)
     assert result.output.strip().splitlines() == [message]
 
 
+def test_cli_idempotency_key_returns_the_first_id(database_url, engine, market_id):
+    on_demand.grant(engine, USER, 5)
+    args = ["--database-url", database_url]
+    session = ["session", "create", "--market", str(market_id), "--models", MODELS[0]]
+    predict = ["predict", str(market_id), MODELS[0]]
+    for command in (session, predict):
+        outputs = [
+            CliRunner().invoke(main, [*args, *command, "--user", USER, "--idempotency-key", "k"])
+            for _ in range(2)
+        ]
+        assert [o.exit_code for o in outputs] == [0, 0]
+        assert outputs[0].output == outputs[1].output
+    assert balance(engine) == 3
+
+
 def test_a_request_needs_a_known_user(engine, market_id):
     with pytest.raises(ValueError, match="a user email is required"):
         on_demand.request_prediction(engine, market_id, MODELS[0], user_email="")
