@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ import sqlalchemy as sa
 
 from prediction_pipeline.clients.market_sources import SyntheticSource
 from prediction_pipeline.services import api_access, on_demand
+from prediction_pipeline.services.forecasters import BuiltinForecaster
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store.db import make_engine
@@ -268,3 +271,77 @@ def test_the_key_never_appears_in_the_server_log(engine, market, caplog):
     with ApiServer(engine) as server, caplog.at_level("DEBUG"):
         httpx.get(f"{server.base_url}/v1/predictions/x", headers={"Authorization": f"Bearer {key}"})
     assert key not in caplog.text
+
+
+def _read_events(base_url: str, path: str, key: str, last_event_id: str | None = None):
+    """(id, event, data) of every event until the stream ends."""
+    headers = {"Authorization": f"Bearer {key}"}
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    events, current = [], {}
+    with httpx.stream("GET", base_url + path, headers=headers, timeout=60) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines():
+            if not line:
+                if "event" in current:
+                    events.append(
+                        (current.get("id"), current["event"], json.loads(current["data"]))
+                    )
+                current = {}
+            elif not line.startswith(":"):
+                field, _, value = line.partition(":")
+                current[field] = value.removeprefix(" ")
+    return events
+
+
+def _run_session(engine, session_id: str) -> None:
+    def build(spec):
+        return BuiltinForecaster(spec.slug)
+
+    models, _ = on_demand.research_session(engine, build, session_id, "run-1")
+    for model in models:
+        on_demand.predict_session_model(engine, build, (), session_id, model, "run-1")
+    on_demand.settle_session(engine, session_id)
+
+
+def test_session_events_from_queued_to_settled_and_resumed(engine, api, key, market):
+    on_demand.grant(engine, USER, 2)
+    session_id = on_demand.create_session(engine, market, [MODEL, "baseline/momentum"], USER)
+    path = f"/v1/sessions/{session_id}/events"
+    with ThreadPoolExecutor(1) as pool:
+        live = pool.submit(_read_events, api.base_url, path, key)
+        time.sleep(0.5)  # the stream is open before the work starts
+        _run_session(engine, session_id)
+        events = live.result(timeout=60)
+    names = [name for _, name, _ in events]
+    assert names[0] == "queued" and names[1] == "running"
+    assert [d["model"] for _, n, d in events if n == "model" and d["status"] != "running"] == [
+        MODEL,
+        "baseline/momentum",
+    ]
+    assert names[-2:] == ["settled", "end"]
+    assert events[-1][2]["status"] == "completed" and len(events[-1][2]["models"]) == 2
+    ids = [int(i) for i, name, _ in events if name != "end"]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    # A client that dropped after the second event gets the rest, and nothing twice.
+    resumed = _read_events(api.base_url, path, key, last_event_id=events[1][0])
+    assert resumed[:-1] == events[2:-1]
+    assert resumed[-1][1] == "end"
+    # After the end, a reconnect hears the final state again at once.
+    again = _read_events(api.base_url, path, key, last_event_id=events[-1][0])
+    assert [name for _, name, _ in again] == ["end"]
+
+
+def test_prediction_events_end_with_the_final_state(engine, api, key, market):
+    on_demand.grant(engine, USER, 1)
+    request_id = on_demand.request_prediction(engine, market, MODEL, user_email=USER)
+    on_demand.fulfil_request(engine, lambda spec: BuiltinForecaster(spec.slug), (), request_id, "r")
+    events = _read_events(api.base_url, f"/v1/predictions/{request_id}/events", key)
+    assert [name for _, name, _ in events] == ["queued", "running", "succeeded", "end"]
+    final = events[-1][2]
+    assert final["status"] == "succeeded" and 0 <= final["prediction"]["probability"] <= 1
+    missing = httpx.get(
+        f"{api.base_url}/v1/predictions/nope/events", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert missing.status_code == 404

@@ -4,13 +4,18 @@ the runs are launched by the on-demand sensors in Dagster."""
 
 # No `from __future__ import annotations` here: FastAPI reads the dependency annotations
 # (`Caller`, `IdempotencyKey`, local to create_app) at definition time.
+import asyncio
+import json
 import os
+import time
+from datetime import UTC
 from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from prediction_pipeline.api import errors
@@ -20,11 +25,15 @@ from prediction_pipeline.services import api_access, on_demand
 from prediction_pipeline.services.api_access import ApiKey
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store.db import default_database_url, make_engine
+from prediction_pipeline.store.events import FINAL_EVENTS
 
 MAX_BODY_BYTES = 64 * 1024
+FINAL_STATUS = ("succeeded", "failed", "completed", "partial")
 RATE_LIMIT_ENV = "PREDICTION_PIPELINE_API_RATE_PER_MINUTE"
 DEFAULT_RATE_PER_MINUTE = 10
 MAX_CLIENT_KEY = 150  # Idempotency-Key; scoped by API key before it reaches the services
+EVENT_POLL_SECONDS = 0.5  # how often an open event stream looks for new events
+MAX_STREAM_SECONDS = 30 * 60  # a stream ends after this; the client reconnects
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -59,6 +68,7 @@ def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None =
         return value
 
     Caller = Annotated[ApiKey, Depends(caller)]
+    LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
     IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 
     async def once(request: Request, api_key: ApiKey, key: str | None, action) -> JSONResponse:
@@ -152,9 +162,7 @@ def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None =
 
         return await once(request, api_key, key, action)
 
-    @app.get("/v1/predictions/{request_id}", tags=["predictions"])
-    def get_prediction(request_id: str, _key: Caller) -> dict:
-        """Where a prediction request stands, and the prediction once it is made."""
+    def request_view(request_id: str) -> dict:
         item = _status(request_id, "request")
         return {
             "id": item["id"],
@@ -166,6 +174,11 @@ def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None =
             "credits_charged": item["credits_charged"],
             "credits_refunded": item["credits_refunded"],
         }
+
+    @app.get("/v1/predictions/{request_id}", tags=["predictions"])
+    def get_prediction(request_id: str, _key: Caller) -> dict:
+        """Where a prediction request stands, and the prediction once it is made."""
+        return request_view(request_id)
 
     @app.post("/v1/sessions", status_code=202, response_model=Accepted, tags=["sessions"])
     async def post_session(
@@ -194,9 +207,7 @@ def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None =
 
         return await once(request, api_key, key, action)
 
-    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
-    def get_session(session_id: str, _key: Caller) -> dict:
-        """Status, current step, each model's progress and result, credits."""
+    def session_view(session_id: str) -> dict:
         item = _status(session_id, "session")
         models = [
             {
@@ -217,6 +228,11 @@ def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None =
             "error": item["error"],
         }
 
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
+    def get_session(session_id: str, _key: Caller) -> dict:
+        """Status, current step, each model's progress and result, credits."""
+        return session_view(session_id)
+
     @app.post("/v1/credits", response_model=Balance, tags=["credits"])
     async def post_credits(
         body: CreditsIn,
@@ -236,6 +252,55 @@ def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None =
             return 200, Balance(user=body.user, balance=balance).model_dump()
 
         return await once(request, api_key, key, action)
+
+    @app.get("/v1/predictions/{request_id}/events", tags=["predictions"])
+    async def prediction_events(
+        request_id: str, _key: Caller, last_event_id: LastEventId = None
+    ) -> EventSourceResponse:
+        """Server-Sent Events: queued, running, succeeded or failed, then `end` with the
+        final state. Reconnect with Last-Event-ID to get what was missed."""
+        await run_in_threadpool(_status, request_id, "request")
+        return EventSourceResponse(_stream(request_id, "request", last_event_id))
+
+    @app.get("/v1/sessions/{session_id}/events", tags=["sessions"])
+    async def session_events(
+        session_id: str, _key: Caller, last_event_id: LastEventId = None
+    ) -> EventSourceResponse:
+        """Server-Sent Events: queued, running, each step, each model done or failed,
+        settled, then `end` with the final state. Reconnect with Last-Event-ID to get what
+        was missed."""
+        await run_in_threadpool(_status, session_id, "session")
+        return EventSourceResponse(_stream(session_id, "session", last_event_id))
+
+    async def _stream(item_id: str, kind: str, last_event_id: str | None):
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        final_views = {"request": request_view, "session": session_view}
+        deadline = time.monotonic() + MAX_STREAM_SECONDS
+        first = True
+        while time.monotonic() < deadline:
+            rows = await run_in_threadpool(api_access.events_after, engine, item_id, after)
+            ended = False
+            for row in rows:
+                after = row.id
+                at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+                data = {**row.data, "at": at.isoformat()}
+                yield ServerSentEvent(data=json.dumps(data), event=row.event, id=str(row.id))
+                if row.event in FINAL_EVENTS:
+                    ended = True
+                    break
+            if first and after and not rows:
+                # Reconnected after the final event: say the final state again.
+                ended = await run_in_threadpool(is_final, item_id, kind)
+            first = False
+            if ended:
+                view = await run_in_threadpool(final_views[kind], item_id)
+                yield ServerSentEvent(data=json.dumps(view), event="end", id=str(after))
+                return
+            if not rows:
+                await asyncio.sleep(EVENT_POLL_SECONDS)
+
+    def is_final(item_id: str, kind: str) -> bool:
+        return _status(item_id, kind)["status"] in FINAL_STATUS
 
     def _status(item_id: str, kind: str) -> dict:
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from prediction_pipeline.store import api as api_store
+from prediction_pipeline.store import events
 from prediction_pipeline.store import users as user_store
 
 KEY_PREFIX = "ppk_"  # tells a leaked key apart from other secrets in a scan
@@ -116,3 +117,8 @@ def prediction_view(engine: sa.Engine, prediction_id: int | None) -> dict | None
         return None
     with engine.connect() as conn:
         return api_store.prediction_view(conn, prediction_id)
+
+
+def events_after(engine: sa.Engine, item_id: str, after_id: int) -> list[sa.Row]:
+    with engine.connect() as conn:
+        return events.events_after(conn, item_id, after_id)

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import sqlalchemy as sa
 
+from prediction_pipeline.store import events
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import (
     UTCDateTime,
@@ -279,6 +280,7 @@ def enqueue_request(
             updated_at=now,
         )
     )
+    events.record(conn, request_id, "request", QUEUED, model=model_slug, market_id=market_id)
     return request_id
 
 
@@ -303,7 +305,11 @@ def _start(conn: sa.Connection, table: sa.Table, item_id: str, run_id: str) -> b
         .where(table.c.id == item_id, table.c.status.in_(UNFINISHED))
         .values(status=RUNNING, run_id=run_id, started_at=now, updated_at=now)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    kind = "request" if table is prediction_requests else "session"
+    events.record(conn, item_id, kind, RUNNING, run_id=run_id)
+    return True
 
 
 def queued_requests(conn: sa.Connection, limit: int = 100) -> list[sa.Row]:
@@ -336,6 +342,8 @@ def finish_request(
         return False
     if error is not None:
         refund_request(conn, request_id)
+    status = SUCCEEDED if error is None else FAILED
+    events.record(conn, request_id, "request", status, prediction_id=prediction_id, error=error)
     return True
 
 
@@ -422,6 +430,7 @@ def create_session(
             for position, slug in enumerate(slugs)
         ],
     )
+    events.record(conn, session_id, "session", QUEUED, models=slugs, market_id=market_id)
     return session_id
 
 
@@ -471,6 +480,7 @@ def set_session_step(
         .where(prediction_sessions.c.id == session_id)
         .values(**values)
     )
+    events.record(conn, session_id, "session", "step", step=step)
 
 
 def set_model_progress(conn: sa.Connection, session_id: str, model_slug: str, **entry) -> bool:
@@ -497,6 +507,8 @@ def set_model_progress(conn: sa.Connection, session_id: str, model_slug: str, **
         .where(prediction_sessions.c.id == session_id)
         .values(updated_at=now)
     )
+    if result.rowcount == 1 and "status" in entry:
+        events.record(conn, session_id, "session", "model", model=model_slug, **entry)
     return result.rowcount == 1
 
 
@@ -541,6 +553,10 @@ def finish_session(conn: sa.Connection, session_id: str) -> str:
                 )
                 .values(status=FAILED, updated_at=_now())
             )
+            error = "not finished when the session settled"
+            events.record(
+                conn, session_id, "session", "model", model=model, status=FAILED, error=error
+            )
         refund_model(conn, session_id, model)
     status = (
         COMPLETED if len(succeeded) == len(session.progress) else PARTIAL if succeeded else FAILED
@@ -551,6 +567,12 @@ def finish_session(conn: sa.Connection, session_id: str) -> str:
         .where(prediction_sessions.c.id == session_id)
         .values(status=status, current_step="notifying", finished_at=now, updated_at=now)
     )
+    refunded = conn.scalar(
+        sa.select(prediction_sessions.c.credits_refunded).where(
+            prediction_sessions.c.id == session_id
+        )
+    )
+    events.record(conn, session_id, "session", "settled", status=status, credits_refunded=refunded)
     return status
 
 
@@ -614,7 +636,10 @@ def requeue(conn: sa.Connection, kind: str, item_id: str) -> bool:
         .where(table.c.id == item_id, table.c.status.in_(UNFINISHED))
         .values(status=QUEUED, launches=table.c.launches + 1, updated_at=_now())
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    events.record(conn, item_id, kind, "requeued")
+    return True
 
 
 # -- alerts --------------------------------------------------------------------------------

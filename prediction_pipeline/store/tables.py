@@ -371,6 +371,20 @@ credit_ledger = sa.Table(
     sa.Index("ux_credit_ledger_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
 )
 
+# What happened to each request and session, in order (migration 0011): the API's event
+# streams read it. Append-only; the id orders events and is the SSE event id.
+on_demand_events = sa.Table(
+    "on_demand_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # request | session
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_on_demand_events_item_id_id", "item_id", "id"),
+)
+
 # Keys of the HTTP API (migration 0011). Only a SHA-256 of each key is stored: keys are 256
 # random bits, so a plain hash cannot be reversed and needs no salt; `prefix` lets an
 # operator tell keys apart in `api keys list` without revealing them.

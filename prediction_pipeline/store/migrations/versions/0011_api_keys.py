@@ -1,4 +1,5 @@
-"""HTTP API keys, the first answers of idempotent POSTs, idempotent credit grants
+"""HTTP API keys, the first answers of idempotent POSTs, idempotent credit grants, the
+event log of on-demand work
 
 Revision ID: 0011
 Revises: 0010
@@ -26,6 +27,16 @@ def upgrade() -> None:
         ["user_id", "idempotency_key"],
         unique=True,
     )
+    op.create_table(
+        "on_demand_events",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("item_id", sa.String(36), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("event", sa.String(32), nullable=False),
+        sa.Column("data", sa.JSON, nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+    )
+    op.create_index("ix_on_demand_events_item_id_id", "on_demand_events", ["item_id", "id"])
     op.create_table(
         "api_keys",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -55,5 +66,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("api_idempotency")
     op.drop_table("api_keys")
+    op.drop_index("ix_on_demand_events_item_id_id", table_name="on_demand_events")
+    op.drop_table("on_demand_events")
     op.drop_index("ux_credit_ledger_user_id_idempotency_key", table_name="credit_ledger")
     op.drop_column("credit_ledger", "idempotency_key")
