@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.local/dagster_home
 export PREDICTION_PIPELINE_DATA_DIR := $(CURDIR)/.local
 
-.PHONY: install home demo test lint format ui daemon clean bench
+.PHONY: install home demo test lint format ui api daemon clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ format: install
 ui: install home
 	$(BIN)/prediction-pipeline db upgrade
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The HTTP API for the web app on http://127.0.0.1:8000 (OpenAPI at /docs). Create a key
+# first: .venv/bin/prediction-pipeline api keys create web-app
+api: install
+	$(BIN)/prediction-pipeline db upgrade
+	$(BIN)/prediction-pipeline api serve --host 127.0.0.1 --port 8000
 
 # Each benchmark prints a table and writes benchmarks/results/<name>.json (see benchmarks/README.md).
 bench: install

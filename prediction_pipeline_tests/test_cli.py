@@ -69,10 +69,11 @@ def test_on_demand_commands(database_url):
     market = cli(database_url, "markets", "show", "--limit", "1", "--json")
     source_id = __import__("json").loads(market)["source_id"]
 
-    request_id = cli(database_url, "predict", source_id, "baseline/market").strip()
+    assert "balance 4" in cli(database_url, "credits", "grant", "bob@example.com", "4")
+    request_id = cli(
+        database_url, "predict", source_id, "baseline/market", "--user", "bob@example.com"
+    ).strip()
     assert cli(database_url, "status", request_id).startswith(f"queued request {request_id}")
-
-    assert "balance 3" in cli(database_url, "credits", "grant", "bob@example.com", "3")
     session_id = cli(
         database_url,
         "session",

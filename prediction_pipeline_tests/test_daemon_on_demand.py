@@ -176,7 +176,10 @@ def finished_run(world: World, tags: dict[str, str]) -> dg.RunRecord:
 
 
 def test_a_request_row_becomes_one_run_and_one_prediction(world, logs_on_failure):
-    request_id = on_demand.request_prediction(world.engine, world.market_id, "baseline/momentum")
+    on_demand.grant(world.engine, "rex@example.com", 1)  # a request costs one credit
+    request_id = on_demand.request_prediction(
+        world.engine, world.market_id, "baseline/momentum", user_email="rex@example.com"
+    )
     assert on_demand.status(world.engine, request_id)["status"] == queue.QUEUED
 
     info = wait_until(

@@ -94,8 +94,12 @@ def count(engine, table, *where):
 
 
 def test_a_request_becomes_one_run_and_one_prediction(world, engine):
-    request_id = on_demand.request_prediction(engine, world["market"].id, "baseline/momentum")
+    on_demand.grant(engine, USER, 2)
+    request_id = on_demand.request_prediction(
+        engine, world["market"].id, "baseline/momentum", user_email=USER
+    )
     assert on_demand.status(engine, request_id)["status"] == "queued"
+    assert on_demand.status(engine, request_id)["balance"] == 1  # debited at creation
     [run_request] = tick(prediction_requests_sensor, world)
     assert run_request.run_key == f"request:{request_id}:0"
     assert run_request.tags["dagster/partition/model"] == "baseline/momentum"  # per-model limit
@@ -103,6 +107,7 @@ def test_a_request_becomes_one_run_and_one_prediction(world, engine):
 
     info = on_demand.status(engine, request_id)
     assert info["status"] == "succeeded" and info["prediction_id"]
+    assert info["credits_charged"] == 1 and info["credits_refunded"] == 0 and info["balance"] == 1
     assert count(engine, predictions, predictions.c.request_id == request_id) == 1
     assert tick(prediction_requests_sensor, world) == []  # ticking again launches nothing
     # Re-running the same run (an op retry, a re-execution) does not predict again.
@@ -189,8 +194,10 @@ def test_a_dead_session_run_is_relaunched_without_double_charge(world, engine):
 def test_recovery_gives_up_with_a_refund_after_repeated_deaths(world, engine):
     on_demand.grant(engine, USER, 2)
     session_id = on_demand.create_session(engine, world["market"].id, ["baseline/market"], USER)
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RECOVERY_GRACE_SECONDS + 1)
     for launches in range(3):
+        # Past the grace period of this launch (each requeue restarts it): a `later` fixed
+        # before the loop made the test depend on how fast the machine ran it.
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RECOVERY_GRACE_SECONDS + 1)
         [request] = tick(prediction_sessions_sensor, world)
         assert request.run_key.endswith(f":{launches}")
         run = world["instance"].create_run_for_job(
@@ -201,3 +208,24 @@ def test_recovery_gives_up_with_a_refund_after_repeated_deaths(world, engine):
     assert counts["failed"] == 1
     info = on_demand.status(engine, session_id)
     assert info["status"] == "failed" and info["credits_refunded"] == 1 and info["balance"] == 2
+
+
+def test_a_request_that_fails_for_good_is_refunded_what_it_cost(world, engine, server):
+    server.on_keyword(world["market"].question[:40], Fault.UNAVAILABLE, forever=True)
+    on_demand.grant(engine, USER, 1)
+    request_id = on_demand.request_prediction(
+        engine, world["market"].id, ONLINE, user_email=USER, idempotency_key="retry-1"
+    )
+    assert on_demand.status(engine, request_id)["balance"] == 0
+    [run_request] = tick(prediction_requests_sensor, world)
+    launch(prediction_request_job, run_request, world)
+
+    info = on_demand.status(engine, request_id)
+    assert info["status"] == "failed" and info["error"]
+    assert info["credits_charged"] == 1 and info["credits_refunded"] == 1 and info["balance"] == 1
+    # A retried POST of the same request answers with the same, finished request.
+    again = on_demand.request_prediction(
+        engine, world["market"].id, ONLINE, user_email=USER, idempotency_key="retry-1"
+    )
+    assert again == request_id and on_demand.status(engine, request_id)["balance"] == 1
+    assert count(engine, credit_ledger, credit_ledger.c.reason == "refund") == 1

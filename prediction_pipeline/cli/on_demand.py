@@ -8,20 +8,31 @@ import click
 
 from prediction_pipeline.cli.base import Context, fail, main
 
+IDEMPOTENCY_HELP = "A retry key: the same key again returns the first id and charges nothing."
+
 
 @main.command()
 @click.argument("market")
 @click.argument("model")
+@click.option("--user", "user_email", required=True, help="The paying user's email.")
 @click.option("--web-search", is_flag=True, help="Let the model search the web.")
-@click.option("--user", "user_email", help="The requesting user's email.")
+@click.option("--idempotency-key", "key", help=IDEMPOTENCY_HELP)
 @click.pass_obj
-def predict(obj: Context, market: str, model: str, web_search: bool, user_email: str | None):
-    """Queue one on-demand prediction of MARKET (id or source id) by MODEL; prints its id."""
+def predict(
+    obj: Context, market: str, model: str, user_email: str, web_search: bool, key: str | None
+):
+    """Debit the user and queue one on-demand prediction of MARKET (id or source id) by
+    MODEL; prints its id. A request that fails is refunded."""
     from prediction_pipeline.services import on_demand
 
     try:
         request_id = on_demand.request_prediction(
-            obj.engine, market, model, user_email=user_email, web_search=web_search
+            obj.engine,
+            market,
+            model,
+            user_email=user_email,
+            web_search=web_search,
+            idempotency_key=key,
         )
     except (LookupError, ValueError) as exc:
         fail(exc)
@@ -38,14 +49,22 @@ def session() -> None:
 @click.option("--models", required=True, help="Comma-separated model slugs.")
 @click.option("--user", "user_email", required=True, help="The paying user's email.")
 @click.option("--web-search", is_flag=True, help="Research the question on the web first.")
+@click.option("--idempotency-key", "key", help=IDEMPOTENCY_HELP)
 @click.pass_obj
-def session_create(obj: Context, market: str, models: str, user_email: str, web_search: bool):
+def session_create(
+    obj: Context, market: str, models: str, user_email: str, web_search: bool, key: str | None
+):
     """Debit credits and queue a session; prints its id."""
     from prediction_pipeline.services import on_demand
 
     try:
         session_id = on_demand.create_session(
-            obj.engine, market, models.split(","), user_email, web_search=web_search
+            obj.engine,
+            market,
+            models.split(","),
+            user_email,
+            web_search=web_search,
+            idempotency_key=key,
         )
     except (LookupError, ValueError) as exc:
         fail(exc)
@@ -57,16 +76,23 @@ def credits() -> None:
     """The credit ledger."""
 
 
-@credits.command("grant")
+# AMOUNT is parsed here, not by click: "-5" would otherwise read as an unknown option and
+# "1.5" as a usage screen; the service's own check gives the one-line reason.
+@credits.command("grant", context_settings={"ignore_unknown_options": True})
 @click.argument("email")
-@click.argument("amount", type=click.IntRange(min=1))
+@click.argument("amount")
 @click.pass_obj
-def credits_grant(obj: Context, email: str, amount: int) -> None:
-    """Top a user up (created if needed); prints the new balance."""
+def credits_grant(obj: Context, email: str, amount: str) -> None:
+    """Top a user up with AMOUNT credits, a whole number from 1 up (the user is created if
+    needed); prints the new balance."""
     from prediction_pipeline.services import on_demand
 
     try:
-        balance = on_demand.grant(obj.engine, email, amount)
+        credits = int(amount)
+    except ValueError:
+        fail(ValueError(f"credits must be a whole number, got {amount!r}"))
+    try:
+        balance = on_demand.grant(obj.engine, email, credits)
     except ValueError as exc:
         fail(exc)
     click.echo(f"{email}: balance {balance}")

@@ -42,24 +42,44 @@ def _market_id(conn: sa.Connection, market_ref: str | int) -> int:
     return market.id
 
 
+def _user_id(conn: sa.Connection, email: object) -> int:
+    if not isinstance(email, str) or not email.strip():
+        raise ValueError(f"a user email is required, got {email!r:.80}")
+    user = user_store.get_user(conn, email)
+    if user is None:
+        raise LookupError(f"no user {email!r}: grant credits first")
+    return user.id
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r:.40}")
+    return value
+
+
 def request_prediction(
     engine: sa.Engine,
     market_ref: str | int,
     model: str,
     *,
-    user_email: str | None = None,
+    user_email: str,
     web_search: bool = False,
+    idempotency_key: str | None = None,
 ) -> str:
-    """Queue one prediction; returns the request id at once (the work runs in Dagster)."""
+    """Debit the user's credits and queue one prediction in one transaction; returns the
+    request id at once (the work runs in Dagster). A failed request is refunded what it
+    was charged. The same idempotency key again returns the first id and charges nothing."""
+    _check_flag("web_search", web_search)
+    key = queue.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
-        user_id = None
-        if user_email:
-            user = user_store.get_user(conn, user_email)
-            if user is None:
-                raise LookupError(f"no user {user_email!r}")
-            user_id = user.id
         return queue.enqueue_request(
-            conn, _market_id(conn, market_ref), model, user_id=user_id, web_search=web_search
+            conn,
+            _market_id(conn, market_ref),
+            model,
+            user_id=_user_id(conn, user_email),
+            web_search=web_search,
+            credits=CREDITS_PER_MODEL,
+            idempotency_key=key,
         )
 
 
@@ -70,27 +90,41 @@ def create_session(
     user_email: str,
     *,
     web_search: bool = False,
+    idempotency_key: str | None = None,
 ) -> str:
-    """Check and debit credits and queue the session in one transaction; returns its id."""
+    """Check and debit credits and queue the session in one transaction; returns its id.
+    The same idempotency key again returns the first id and charges nothing."""
+    slugs = queue.check_model_slugs(models)  # before any lock: bad input writes nothing
+    _check_flag("web_search", web_search)
+    key = queue.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
-        user = user_store.get_user(conn, user_email)
-        if user is None:
-            raise LookupError(f"no user {user_email!r}: grant credits first")
         return queue.create_session(
             conn,
-            user.id,
+            _user_id(conn, user_email),
             _market_id(conn, market_ref),
-            models,
+            slugs,
             web_search=web_search,
             credits_per_model=CREDITS_PER_MODEL,
+            idempotency_key=key,
         )
 
 
-def grant(engine: sa.Engine, email: str, credits: int) -> int:
-    """Top a user up (created if needed); returns the new balance."""
+def grant(
+    engine: sa.Engine,
+    email: str,
+    credits: int,
+    *,
+    note: str | None = None,
+    idempotency_key: str | None = None,
+) -> int:
+    """Top a user up (created if needed); returns the new balance. Credits are a whole
+    number from 1 to MAX_GRANT, checked before anything is written. The same idempotency
+    key again for the same user grants nothing."""
+    credits = queue.check_credits(credits)
+    key = queue.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
         user, _ = user_store.add_user(conn, email)
-        return queue.grant_credits(conn, user.id, credits)
+        return queue.grant_credits(conn, user.id, credits, note, idempotency_key=key)
 
 
 def status(engine: sa.Engine, item_id: str) -> dict:
@@ -105,6 +139,9 @@ def status(engine: sa.Engine, item_id: str) -> dict:
                 "model": request.model_slug,
                 "market_id": request.market_id,
                 "prediction_id": request.prediction_id,
+                "credits_charged": request.credits_charged,
+                "credits_refunded": request.credits_refunded,
+                "balance": queue.balance(conn, request.user_id) if request.user_id else None,
                 "error": request.error,
                 "run_id": request.run_id,
             }
@@ -213,7 +250,7 @@ def fulfil_request(
     run_id: str,
 ) -> ModelOutcome:
     with engine.begin() as conn:
-        request = queue.get_request(conn, request_id)
+        request = queue.get_request(conn, request_id, lock=True)
         if request is None:
             raise LookupError(f"no request {request_id}")
         if request.status in queue.REQUEST_FINAL:  # a retry or re-execution: nothing to do
@@ -268,7 +305,7 @@ def research_session(
     """Start the session; when web search was asked, research the question once with the
     first web-capable (OpenRouter) model of the session. Returns (models to run, notes)."""
     with engine.begin() as conn:
-        session = queue.get_session(conn, session_id)
+        session = queue.get_session(conn, session_id, lock=True)
         if session is None:
             raise LookupError(f"no session {session_id}")
         if session.status in queue.SESSION_FINAL:
@@ -336,6 +373,7 @@ def predict_session_model(
 
 
 def settle_session(engine: sa.Engine, session_id: str) -> str:
-    """Final status and refunds for the models that failed (each refunded at most once)."""
+    """Final status and refunds for the models that failed (each refunded what it was
+    charged, at most once)."""
     with engine.begin() as conn:
-        return queue.finish_session(conn, session_id, CREDITS_PER_MODEL)
+        return queue.finish_session(conn, session_id)

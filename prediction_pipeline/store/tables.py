@@ -279,10 +279,15 @@ prediction_requests = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("run_id", sa.String(64)),
     sa.Column("launches", sa.Integer, nullable=False, server_default="0"),
+    # The caller's retry key (migration 0006): a repeat with the same key returns this row.
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("credits_charged", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("credits_refunded", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "idempotency_key"),
     sa.Index("ix_prediction_requests_status", "status"),
 )
 
@@ -300,7 +305,6 @@ prediction_sessions = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     # queued | research | predicting | notifying | done
     sa.Column("current_step", sa.String(16), nullable=False),
-    sa.Column("progress", sa.JSON, nullable=False),  # model -> {status, prediction_id, error}
     sa.Column("research", sa.Text),
     sa.Column("credits_charged", sa.Integer, nullable=False),
     sa.Column("credits_refunded", sa.Integer, nullable=False, server_default="0"),
@@ -308,28 +312,108 @@ prediction_sessions = sa.Table(
     sa.Column("run_id", sa.String(64)),
     sa.Column("launches", sa.Integer, nullable=False, server_default="0"),
     sa.Column("notified_at", UTCDateTime),
+    sa.Column("idempotency_key", sa.String(200)),  # see prediction_requests
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "idempotency_key"),
     sa.Index("ix_prediction_sessions_status", "status"),
 )
 
-# Append-only: a user's balance is SUM(delta). One debit per session and one refund per
-# (session, model) at most, whatever retries or recoveries happen.
+# One row per (session, model): each model step updates its own row, so parallel steps
+# cannot overwrite each other's progress (migration 0006 replaced a JSON column).
+# No ON DELETE CASCADE: on SQLite a migration that rebuilds prediction_sessions (batch
+# mode drops the old table) must fail loudly, not silently empty this table.
+session_models = sa.Table(
+    "session_models",
+    metadata,
+    sa.Column(
+        "session_id", sa.String(36), sa.ForeignKey("prediction_sessions.id"), primary_key=True
+    ),
+    sa.Column("model_slug", sa.String(200), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),  # order of the user's selection
+    sa.Column("status", sa.String(16), nullable=False),  # queued | running | succeeded | failed
+    sa.Column("prediction_id", sa.Integer, sa.ForeignKey("predictions.id", ondelete="SET NULL")),
+    sa.Column("probability", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("credits_charged", sa.Integer, nullable=False),  # what a refund gives back
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Append-only, enforced (migration 0006): no cascade from `users` (deleting a user with
+# credit history is refused) and triggers refuse UPDATE and DELETE on both databases.
+# A user's balance is SUM(delta). One debit per session or request, one refund per
+# (session, model) or request at most, whatever retries or recoveries happen; a refund
+# names its debit (`debit_id`) and gives back what that debit charged.
 credit_ledger = sa.Table(
     "credit_ledger",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("delta", sa.Integer, nullable=False),
     sa.Column("reason", sa.String(16), nullable=False),  # grant | debit | refund
     sa.Column("session_id", sa.String(36)),
     sa.Column("model_slug", sa.String(200)),
+    sa.Column("request_id", sa.String(36)),
+    sa.Column("debit_id", sa.Integer),  # a refund's debit row (same table, never deleted)
     sa.Column("note", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(
+        "(reason = 'debit' AND delta < 0) OR (reason IN ('grant', 'refund') AND delta > 0)",
+        name="delta_sign",
+    ),
     sa.UniqueConstraint("session_id", "model_slug", "reason"),
+    sa.UniqueConstraint("request_id", "reason"),
     sa.Index("ix_credit_ledger_user_id", "user_id"),
+    # A grant's retry key (migration 0011): the same key for the same user grants once.
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Index("ux_credit_ledger_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
+)
+
+# What happened to each request and session, in order (migration 0011): the API's event
+# streams read it. Append-only; the id orders events and is the SSE event id.
+on_demand_events = sa.Table(
+    "on_demand_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # request | session
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_on_demand_events_item_id_id", "item_id", "id"),
+)
+
+# Keys of the HTTP API (migration 0011). Only a SHA-256 of each key is stored: keys are 256
+# random bits, so a plain hash cannot be reversed and needs no salt; `prefix` lets an
+# operator tell keys apart in `api keys list` without revealing them.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.UniqueConstraint("key_hash"),
+)
+
+# The first answer to each POST that carried an Idempotency-Key, per API key: a retry with
+# the same key and body gets it again; the same key with another body is refused.
+api_idempotency = sa.Table(
+    "api_idempotency",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("api_key_id", sa.Integer, sa.ForeignKey("api_keys.id"), nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=False),
+    sa.Column("endpoint", sa.String(100), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),  # SHA-256 of the body
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("api_key_id", "idempotency_key"),
 )
 
 run_failure_alerts = sa.Table(

@@ -122,8 +122,8 @@ def recover(instance: dg.DagsterInstance, engine, now: dt.datetime, log=None) ->
         reason = f"run {run.run_id} ended {run.status.value}" if run else "no run found"
         with engine.begin() as conn:
             if launches + 1 < MAX_LAUNCHES:
-                queue.requeue(conn, kind, item_id)
-                counts["requeued"] += 1
+                # False when it finished since `items` was read: nothing to recover.
+                counts["requeued"] += queue.requeue(conn, kind, item_id)
             elif kind == "request":
                 queue.finish_request(conn, item_id, prediction_id=None, error=f"gave up: {reason}")
                 counts["failed"] += 1

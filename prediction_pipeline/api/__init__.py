@@ -1,0 +1,1 @@
+"""The HTTP API for the web app (FastAPI on uvicorn): `prediction-pipeline api serve`."""
