@@ -202,7 +202,8 @@ def create_session(
     cost = credits_per_model * len(slugs)
     available = balance(conn, user_id)
     if available < cost:
-        raise InsufficientCredits(f"the session costs {cost} credits; the balance is {available}")
+        unit = "credit" if cost == 1 else "credits"
+        raise InsufficientCredits(f"the session costs {cost} {unit}; the balance is {available}")
     session_id = str(uuid.uuid4())
     now = _now()
     conn.execute(
