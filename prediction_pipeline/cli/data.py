@@ -31,6 +31,8 @@ def db_upgrade(obj: Context, revision: str) -> None:
     current = migrate.current_revision(engine)
     click.echo(f"app database {safe_url(obj.database_url)} at {current}")
     if current != migrate.head_revision():
+        if instance is not None:
+            instance.dispose()
         return  # an older schema may lack the registry's columns
     with engine.connect() as conn:
         enabled = [m.slug for m in model_store.list_models(conn, enabled_only=True)]

@@ -25,7 +25,7 @@ RETRY = dg.RetryPolicy(
 
 @contextmanager
 def _not_retried_when_invalid(what: str) -> Iterator[None]:
-    """A ValueError while reading the partition key, the config or the registry is bad input:
+    """A ValueError while reading the partition key or the model's registry entry is bad input:
     every retry would fail the same way, so fail at once with the message first."""
     try:
         yield
@@ -93,15 +93,14 @@ def predictions(
                 f"no open markets stored for {day}: materialize `markets` for {day} first",
                 allow_retries=False,
             )
-        with _not_retried_when_invalid("run config"):
-            chosen = select_markets(
-                candidates,
-                day,
-                top_markets_count=config.top_markets_count,
-                target_days_from_now=config.target_days_from_now,
-                end_date_range_hours=config.end_date_range_hours,
-                exclude_categories=config.exclude_categories,
-            )
+        chosen = select_markets(
+            candidates,
+            day,
+            top_markets_count=config.top_markets_count,
+            target_days_from_now=config.target_days_from_now,
+            end_date_range_hours=config.end_date_range_hours,
+            exclude_categories=config.exclude_categories,
+        )
         contexts = market_contexts(conn, chosen, day)
 
     with _not_retried_when_invalid(f"registry entry of model {model!r}"):
