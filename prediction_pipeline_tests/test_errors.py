@@ -327,6 +327,15 @@ def test_dagster_cli_with_a_slashed_day_shows_the_format(tmp_path):
     assert "DAY|MODEL, e.g. 2026-11-29|openai/gpt-4o" in result.stderr
 
 
+def test_demo_with_a_slashed_day_says_the_format_in_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    result = run_cli("--database-url", url, "demo", "--day", "2026/11/29")
+    line = one_line_error(result)
+    assert result.returncode == 2
+    assert "'2026/11/29' does not match the format '%Y-%m-%d'" in line
+    assert "see `prediction-pipeline demo --help`" in line
+
+
 # -- 24: small ones --------------------------------------------------------------------------
 
 

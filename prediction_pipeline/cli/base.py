@@ -30,6 +30,10 @@ class BadDatabaseUrl(UsageProblem):
     exit_code = 2
 
 
+class BadUsage(UsageProblem):
+    exit_code = 2
+
+
 def _mask(raw: str) -> str:
     """An unparsable URL may still hold a password (`user:secret@host`): mask it."""
     return re.sub(r":[^:@/]*@", ":***@", raw)
@@ -115,11 +119,15 @@ def _missing_table(exc: sa.exc.DBAPIError) -> bool:
 
 
 class RootGroup(click.Group):
-    """Turns the known database errors of any command into one line."""
+    """Turns usage errors and the known database errors of any command into one line."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            # Click would print the usage and a hint on lines of their own: keep the hint.
+            command = exc.ctx.command_path if exc.ctx else ctx.command_path
+            raise BadUsage(f"{exc.format_message()} (see `{command} --help`)") from None
         except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
             # The revision check runs first; this catches a schema damaged by hand.
             if not _missing_table(exc):
