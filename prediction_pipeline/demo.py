@@ -14,7 +14,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from prediction_pipeline.definitions import defs
-from prediction_pipeline.partitions import model_partitions
+from prediction_pipeline.partitions import add_model_partitions
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import scoring as score_store
 
@@ -25,12 +25,19 @@ Echo = Callable[[str], None]
 
 
 class Demo:
-    def __init__(self, engine, today: dt.date, history_days: int, echo: Echo) -> None:
+    def __init__(
+        self,
+        engine,
+        today: dt.date,
+        history_days: int,
+        echo: Echo,
+        instance: dg.DagsterInstance | None = None,
+    ) -> None:
         self.engine = engine
         self.today = today
         self.days = [today - dt.timedelta(days=n) for n in range(history_days, -1, -1)]
         self.echo = echo
-        self.instance = dg.DagsterInstance.get()
+        self.instance = instance or dg.DagsterInstance.get()
         self.ok = True
 
     def run(self, job: str, partition_key=None, **kwargs) -> dg.ExecuteInProcessResult:
@@ -63,11 +70,7 @@ class Demo:
     def predictions(self) -> None:
         with self.engine.connect() as conn:
             enabled = [m.slug for m in model_store.list_models(conn, enabled_only=True)]
-        missing = [
-            s for s in enabled if not self.instance.has_dynamic_partition(model_partitions.name, s)
-        ]
-        if missing:
-            self.instance.add_dynamic_partitions(model_partitions.name, missing)
+        add_model_partitions(self.instance, enabled)
         self.echo(f"predictions: {len(enabled)} enabled models x {len(self.days)} days ...")
         for slug in enabled:
             for day in self.days:
@@ -166,8 +169,14 @@ def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict:
     return {k: v.value for k, v in events[0].metadata.items()} if events else {}
 
 
-def run_demo(engine, today: dt.date, history_days: int, echo: Echo) -> bool:
-    demo = Demo(engine, today, history_days, echo)
+def run_demo(
+    engine,
+    today: dt.date,
+    history_days: int,
+    echo: Echo,
+    instance: dg.DagsterInstance | None = None,
+) -> bool:
+    demo = Demo(engine, today, history_days, echo, instance)
     demo.markets()
     demo.predictions()
     demo.deltas()

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from prediction_pipeline.cli.base import Context, main
+from prediction_pipeline.cli.base import Context, dagster_instance_or_none, main
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store
@@ -23,18 +23,27 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 @click.pass_obj
 def db_upgrade(obj: Context, revision: str) -> None:
-    """Create or migrate the app database schema."""
-    migrate.upgrade(obj.engine, revision)
-    click.echo(
-        f"app database {safe_url(obj.database_url)} at {migrate.current_revision(obj.engine)}"
-    )
+    """Create or migrate the app database schema; with DAGSTER_HOME set, also add the
+    registry's enabled models to the `models` partitions."""
+    engine = obj.unchecked_engine
+    instance = dagster_instance_or_none()  # checked before migrating: fail before any change
+    migrate.upgrade(engine, revision)
+    current = migrate.current_revision(engine)
+    click.echo(f"app database {safe_url(obj.database_url)} at {current}")
+    if current != migrate.head_revision():
+        if instance is not None:
+            instance.dispose()
+        return  # an older schema may lack the registry's columns
+    with engine.connect() as conn:
+        enabled = [m.slug for m in model_store.list_models(conn, enabled_only=True)]
+    _sync_partitions(enabled, instance)
 
 
 @db.command("current")
 @click.pass_obj
 def db_current(obj: Context) -> None:
     """Show the schema revision of the app database and the code's head."""
-    click.echo(f"current: {migrate.current_revision(obj.engine) or 'none'}")
+    click.echo(f"current: {migrate.current_revision(obj.unchecked_engine) or 'none'}")
     click.echo(f"head:    {migrate.head_revision()}")
 
 
@@ -46,7 +55,7 @@ def markets() -> None:
 @markets.command("show")
 @click.option("--status", type=click.Choice(["open", "closed", "resolved"]))
 @click.option("--search", help="Only questions containing this text.")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
 def markets_show(obj: Context, status: str | None, search: str | None, limit: int, as_json: bool):
@@ -58,7 +67,7 @@ def markets_show(obj: Context, status: str | None, search: str | None, limit: in
             click.echo(json.dumps(dict(row._mapping), default=str))
         return
     if not rows:
-        click.echo("no markets: materialize the `markets` asset first (see README)")
+        click.echo(_no_markets_reason(obj, status, search))
         return
     click.echo(f"{'id':>6}  {'source_id':<16} {'status':<9} {'yes':>6} {'volume':>12}  question")
     for row in rows:
@@ -69,26 +78,33 @@ def markets_show(obj: Context, status: str | None, search: str | None, limit: in
         )
 
 
+def _no_markets_reason(obj: Context, status: str | None, search: str | None) -> str:
+    with obj.engine.connect() as conn:
+        any_market = market_store.list_markets(conn, limit=1)
+    if not any_market:
+        return "no markets: materialize the `markets` asset first (see README)"
+    filters = " and ".join(
+        f for f in (status and f"status {status}", search and f"question ~ {search!r}") if f
+    )
+    return f"no markets with {filters}"
+
+
 @main.group()
 def models() -> None:
     """The model registry (the `model` partitions follow it)."""
 
 
-def _sync_partition(slug: str) -> None:
-    """Add the model's dynamic partition now when a Dagster instance is configured; the
-    model_registry_sensor repairs any drift otherwise."""
-    import os
+def _sync_partitions(slugs: list[str], instance=None) -> None:
+    """Add the models' dynamic partitions now when a Dagster instance is configured (so
+    `DAY|MODEL` keys work at once); the model_registry_sensor repairs any drift otherwise."""
+    from prediction_pipeline.partitions import add_model_partitions, model_partitions
 
-    if not os.environ.get("DAGSTER_HOME"):
-        click.echo("DAGSTER_HOME is unset: model_registry_sensor will add the partition")
+    instance = instance or dagster_instance_or_none()
+    if instance is None:
+        click.echo("DAGSTER_HOME is unset: model_registry_sensor will add the model partitions")
         return
-    import dagster as dg
-
-    from prediction_pipeline.partitions import model_partitions
-
-    with dg.DagsterInstance.get() as instance:
-        if not instance.has_dynamic_partition(model_partitions.name, slug):
-            instance.add_dynamic_partitions(model_partitions.name, [slug])
+    with instance:
+        for slug in add_model_partitions(instance, slugs):
             click.echo(f"added partition {slug!r} to {model_partitions.name!r}")
 
 
@@ -132,7 +148,7 @@ def models_add(
     with obj.engine.begin() as conn:
         model_store.upsert_model(conn, spec)
     click.echo(f"{spec.slug}: {'enabled' if spec.enabled else 'disabled'} ({spec.provider})")
-    _sync_partition(spec.slug)
+    _sync_partitions([spec.slug])
 
 
 @models.command("list")
@@ -160,7 +176,7 @@ def _set_enabled(obj: Context, slug: str, enabled: bool) -> None:
             raise click.ClickException(f"no model {slug!r}: `prediction-pipeline models add`")
     click.echo(f"{slug}: {'enabled' if enabled else 'disabled'}")
     if enabled:
-        _sync_partition(slug)
+        _sync_partitions([slug])
 
 
 @models.command("enable")
@@ -187,12 +203,25 @@ def predictions() -> None:
 @predictions.command("show")
 @click.option("--model")
 @click.option("--day", type=click.DateTime(["%Y-%m-%d"]))
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.pass_obj
 def predictions_show(obj: Context, model: str | None, day, limit: int) -> None:
     """The latest predictions."""
     with obj.engine.connect() as conn:
+        if model and model_store.get_model(conn, model) is None:
+            raise click.ClickException(
+                f"no model {model!r} in the registry: see `prediction-pipeline models list`"
+            )
         rows = prediction_store.recent_predictions(conn, model, day.date() if day else None, limit)
+    if not rows:
+        filters = " and ".join(
+            f for f in (model and f"model {model}", day and f"day {day.date()}") if f
+        )
+        click.echo(
+            f"no predictions with {filters}"
+            if filters
+            else "no predictions: materialize `predictions` (see README)"
+        )
     for r in rows:
         price = "-" if r.market_price is None else f"{r.market_price:.3f}"
         click.echo(
@@ -204,7 +233,7 @@ def predictions_show(obj: Context, model: str | None, day, limit: int) -> None:
 @predictions.command("failures")
 @click.option("--model")
 @click.option("--day", type=click.DateTime(["%Y-%m-%d"]))
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.pass_obj
 def predictions_failures(obj: Context, model: str | None, day, limit: int) -> None:
     """Open dead letters; re-materialize the partition to re-drive them."""
@@ -212,8 +241,14 @@ def predictions_failures(obj: Context, model: str | None, day, limit: int) -> No
         rows = prediction_store.open_failures(conn, model, day.date() if day else None, limit)
     if not rows:
         click.echo("no open failures")
+        return
     for r in rows:
         click.echo(
             f"{r.day} {r.model_slug:<28} {r.source_id[:14]:<14} {r.kind:<6} "
             f"attempts={r.attempts} {r.error_type}: {r.last_error[:100]}"
         )
+    click.echo(
+        "re-drive a partition (key DAY|MODEL): dagster asset materialize -m "
+        f"prediction_pipeline.definitions --select predictions --partition "
+        f"'{rows[0].day}|{rows[0].model_slug}'"
+    )

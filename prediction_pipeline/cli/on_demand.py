@@ -120,7 +120,7 @@ def status(obj: Context, item_id: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.pass_obj
 def alerts(obj: Context, limit: int) -> None:
     """Recent run-failure alerts."""

@@ -81,7 +81,7 @@ def users_add(obj: Context, email: str, name: str | None, no_digest: bool) -> No
 
 
 @users.command("list")
-@click.option("--limit", type=int, default=None, help="At most this many users.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many users.")
 @click.pass_obj
 def users_list(obj: Context, limit: int | None) -> None:
     """Users with their digest state, watched markets and last digest sent."""

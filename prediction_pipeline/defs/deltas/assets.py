@@ -5,13 +5,14 @@ import datetime as dt
 import dagster as dg
 from pydantic import Field
 
+from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.partitions import daily_partitions
 from prediction_pipeline.resources import AppDatabase
 from prediction_pipeline.services.deltas import snapshot_deltas
 from prediction_pipeline.store import deltas as delta_store
 
 
-class DeltasConfig(dg.Config):
+class DeltasConfig(RunConfig):
     days_lookback: int = Field(default=7, ge=1, description="Predictions made this many days back.")
     max_predictions: int | None = Field(default=None, ge=1, description="Cap, oldest id first.")
     include_closed_markets: bool = False

@@ -1,12 +1,12 @@
 """Run config of a `watchlist_digests` partition."""
 
-import dagster as dg
 from pydantic import Field
 
 from prediction_pipeline.core.digests import DEFAULT_MIN_PRICE_CHANGE
+from prediction_pipeline.defs.run_config import RunConfig
 
 
-class DigestsConfig(dg.Config):
+class DigestsConfig(RunConfig):
     chunk_size: int = Field(
         default=500, ge=1, le=10_000, description="Users read, decided, claimed per chunk."
     )

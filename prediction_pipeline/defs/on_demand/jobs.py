@@ -9,9 +9,11 @@ import email.message
 import email.utils
 
 import dagster as dg
+from pydantic import Field
 
 from prediction_pipeline.clients.email import OutgoingEmail, envelope_address
 from prediction_pipeline.core.notifications import session_summary
+from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import (
     AppDatabase,
     DigestSettings,
@@ -28,12 +30,12 @@ RETRY = dg.RetryPolicy(
 )
 
 
-class RequestConfig(dg.Config):
-    request_id: str
+class RequestConfig(RunConfig):
+    request_id: str = Field(min_length=1)
 
 
-class SessionConfig(dg.Config):
-    session_id: str
+class SessionConfig(RunConfig):
+    session_id: str = Field(min_length=1)
 
 
 @dg.op(retry_policy=RETRY, pool="openrouter")

@@ -2,6 +2,8 @@
 
 import asyncio
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import pandas as pd
@@ -9,7 +11,7 @@ import pandas as pd
 from prediction_pipeline.core.selection import select_markets
 from prediction_pipeline.defs.predictions.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.predictions.config import PredictionsConfig
-from prediction_pipeline.partitions import model_day_partitions
+from prediction_pipeline.partitions import model_day_partitions, parse_model_day_key
 from prediction_pipeline.resources import AppDatabase, Forecasters
 from prediction_pipeline.services.predict import PredictionTask, market_contexts, run_predictions
 from prediction_pipeline.store import models as model_store
@@ -19,6 +21,18 @@ from prediction_pipeline.store import predictions as prediction_store
 RETRY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+
+
+@contextmanager
+def _not_retried_when_invalid(what: str) -> Iterator[None]:
+    """A ValueError while reading the partition key or the model's registry entry is bad input:
+    every retry would fail the same way, so fail at once with the message first."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except ValueError as exc:
+        raise dg.Failure(f"invalid {what}: {exc}", allow_retries=False) from exc
 
 
 def _preview(engine, model: str, day: dt.date) -> str:
@@ -58,8 +72,8 @@ def predictions(
     app_db: AppDatabase,
     forecasters: Forecasters,
 ) -> dg.MaterializeResult:
-    keys = context.partition_key.keys_by_dimension
-    day, model = dt.date.fromisoformat(keys["day"]), keys["model"]
+    with _not_retried_when_invalid("partition key"):
+        day, model = parse_model_day_key(context.partition_key)
     engine = app_db.engine()
     with engine.connect() as conn:
         spec = model_store.get_model(conn, model)
@@ -89,7 +103,8 @@ def predictions(
         )
         contexts = market_contexts(conn, chosen, day)
 
-    forecaster = forecasters.build(spec, show_market_price=config.show_market_price)
+    with _not_retried_when_invalid(f"registry entry of model {model!r}"):
+        forecaster = forecasters.build(spec, show_market_price=config.show_market_price)
     task = PredictionTask(
         model=model,
         day=day,

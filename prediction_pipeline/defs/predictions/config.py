@@ -1,11 +1,12 @@
 """Run config of a `predictions` partition (names fixed by the old batch event)."""
 
-import dagster as dg
 from pydantic import Field
 
+from prediction_pipeline.defs.run_config import RunConfig
 
-class PredictionsConfig(dg.Config):
-    top_markets_count: int = Field(default=50, ge=1, description="Markets to forecast.")
+
+class PredictionsConfig(RunConfig):
+    top_markets_count: int = Field(default=50, ge=1, le=10_000, description="Markets to forecast.")
     target_days_from_now: float = Field(
         default=1, ge=0, description="The end-date window opens this many days after the day."
     )

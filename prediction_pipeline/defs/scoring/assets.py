@@ -11,6 +11,7 @@ from prediction_pipeline.core.scoring import (
     leaderboard,
     score_predictions,
 )
+from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import AppDatabase
 from prediction_pipeline.store import scoring as score_store
 from prediction_pipeline.store.db import data_dir
@@ -18,7 +19,7 @@ from prediction_pipeline.store.db import data_dir
 LEADERBOARD_DIMENSIONS = {"overall": None, "category": "category", "horizon": "horizon_bucket"}
 
 
-class ScoringConfig(dg.Config):
+class ScoringConfig(RunConfig):
     rescore_all: bool = Field(
         default=False, description="Score every resolved prediction again, not only new ones."
     )
