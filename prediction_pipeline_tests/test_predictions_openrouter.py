@@ -14,6 +14,7 @@ from prediction_pipeline.defs.predictions.config import PredictionsConfig
 from prediction_pipeline.resources import AppDatabase, Forecasters
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.store import spend as spend_store
 from prediction_pipeline.store.tables import prediction_failures
 from prediction_pipeline.store.tables import predictions as predictions_table
 from prediction_pipeline_tests.fakes.openrouter_server import (
@@ -222,7 +223,7 @@ def test_spend_cap_skips_the_rest_for_budget(database_url, engine, setup, server
     kinds = {row.kind for row in failures(engine)}
     assert kinds == {"budget"}
     with engine.connect() as conn:
-        assert prediction_store.spent_usd(conn, MODEL, DAY) >= 0.0005
+        assert spend_store.spent_usd(conn, MODEL, DAY) >= 0.0005
 
 
 def test_web_search_and_hidden_price_reach_the_request(database_url, engine, setup, server):
