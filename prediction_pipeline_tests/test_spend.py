@@ -11,6 +11,7 @@ import datetime as dt
 import multiprocessing as mp
 
 import dagster as dg
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -171,6 +172,36 @@ def test_billed_failed_attempts_count_in_the_call_and_its_error(engine, register
         asyncio.run(call())
     assert failed.value.cost_usd == pytest.approx(server.total_cost) and server.total_cost > 0
     assert day_spend(engine).spent_usd == pytest.approx(completion.cost_usd + server.total_cost)
+
+
+def test_an_error_status_whose_body_reports_a_cost_is_counted(engine, registered):
+    # OpenRouter does not bill failed HTTP calls as a rule; when an error body does report
+    # usage.cost, it was billed, and it counts.
+    answers = iter(
+        [
+            httpx.Response(503, json={"error": {"code": 503}, "usage": {"cost": 0.003}}),
+            httpx.Response(503, json={"error": {"code": 503}}),  # no usage: not billed
+            httpx.Response(
+                200,
+                json={
+                    "choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                    "usage": {"cost": 0.001},
+                },
+            ),
+        ]
+    )
+    transport = httpx.MockTransport(lambda request: next(answers))
+    guard = SpendGuard(engine, MODEL, DAY, 1.0)
+
+    async def call():
+        policy = RetryPolicy(max_attempts=3, initial_wait=0.0, max_wait=0.0)
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = OpenRouterClient(KEY, retry_policy=policy, http_client=http)
+            return await client.complete(MODEL, [{"role": "user", "content": "hi"}], spend=guard)
+
+    completion = asyncio.run(call())
+    assert completion.cost_usd == pytest.approx(0.004)
+    assert day_spend(engine).spent_usd == pytest.approx(0.004) and day_spend(engine).calls == 1
 
 
 @pytest.fixture

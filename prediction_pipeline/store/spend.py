@@ -227,12 +227,14 @@ def expire_stale(conn: sa.Connection, model: str, day: dt.date, now: dt.datetime
     """Give back the holds of calls whose holder vanished (past `expires_at`); returns how
     many. Each row flips once, whoever else expires it at the same time."""
     stale = conn.execute(
-        sa.select(spend_calls.c.id, spend_calls.c.estimate_nusd).where(
+        sa.select(spend_calls.c.id, spend_calls.c.estimate_nusd)
+        .where(
             spend_calls.c.model_slug == model,
             spend_calls.c.day == day,
             spend_calls.c.status == RESERVED,
             spend_calls.c.expires_at < now,
         )
+        .order_by(spend_calls.c.id)  # one lock order for concurrent expirers: no deadlock
     ).all()
     given_back = expired = 0
     for row in stale:
