@@ -25,9 +25,11 @@ from prediction_pipeline.core.forecast import MarketContext
 from prediction_pipeline.resources import Forecasters
 from prediction_pipeline.services import on_demand
 from prediction_pipeline.services.spend import SpendCapReached, SpendGuard
+from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store import spend as spend_store
+from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import spend_calls
 from prediction_pipeline_tests.fakes.openrouter_server import Behaviour, FakeOpenRouterServer, Fault
 from prediction_pipeline_tests.pipeline_helpers import DAY, ingest_days
@@ -298,3 +300,40 @@ def test_a_refused_re_ask_keeps_the_cost_of_the_answer_before(engine, registered
     assert server.total_cost > 0 and refused.value.cost_usd == pytest.approx(server.total_cost)
     assert server.request_count == 1
     assert day_spend(engine).spent_usd == pytest.approx(server.total_cost)
+
+
+def test_the_upgrade_counts_what_stored_predictions_cost(empty_database_url):
+    engine = make_engine(empty_database_url)
+    migrate.upgrade(engine, "0006")
+    now = dt.datetime(2026, 11, 2, 8, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO models (slug, provider, created_at, updated_at) "
+                "VALUES (:slug, 'openrouter', :now, :now)"
+            ),
+            {"slug": MODEL, "now": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO markets (id, source, source_id, question, tags, outcomes, status, "
+                "observed_day, first_seen_at, updated_at) VALUES (:id, 'synthetic', :sid, 'Q?', "
+                "'[]', '[]', 'open', :day, :now, :now)"
+            ),
+            [{"id": i, "sid": f"m-{i}", "day": DAY, "now": now} for i in (1, 2, 3)],
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO predictions (market_id, model_slug, day, origin, probability, "
+                "cost_usd, created_at) VALUES (:m, :slug, :day, 'batch', 0.5, :cost, :now)"
+            ),
+            [
+                {"m": 1, "slug": MODEL, "day": DAY, "cost": 0.25, "now": now},
+                {"m": 2, "slug": MODEL, "day": DAY, "cost": 0.125, "now": now},
+                {"m": 3, "slug": MODEL, "day": DAY - dt.timedelta(days=1), "cost": 1.0, "now": now},
+            ],
+        )
+    migrate.upgrade(engine)
+    assert day_spend(engine) == spend_store.DaySpend(0.375, 0.0, 2)
+    assert day_spend(engine, DAY - dt.timedelta(days=1)).spent_usd == 1.0
+    engine.dispose()
