@@ -41,17 +41,8 @@ class SpendGuard:
         (they settle within a call's time, or expire); `SpendCapReached` when the cap is."""
         pause = self.poll_initial
         while True:
-            with self.engine.begin() as conn:
-                admission, ticket = spend_store.reserve(
-                    conn,
-                    self.model,
-                    self.day,
-                    self.cap_usd,
-                    web_search=web_search,
-                    purpose=self.purpose,
-                    run_id=self.run_id,
-                    estimate_usd=self.estimate_usd,
-                )
+            # In a thread: a database wait must not stall the other calls of the event loop.
+            admission, ticket = await asyncio.to_thread(self._reserve_once, web_search)
             if ticket is not None:
                 return ticket
             if admission is spend_store.Admission.EXHAUSTED:
@@ -62,9 +53,26 @@ class SpendGuard:
             pause = min(pause * 2, self.poll_max)
 
     async def settle(self, ticket: spend_store.Ticket, cost_usd: float | None) -> None:
-        with self.engine.begin() as conn:
-            spend_store.settle(conn, ticket, cost_usd)
+        await asyncio.to_thread(self._in_transaction, spend_store.settle, ticket, cost_usd)
 
     async def release(self, ticket: spend_store.Ticket) -> None:
+        await asyncio.to_thread(self._in_transaction, spend_store.release, ticket)
+
+    def _reserve_once(
+        self, web_search: bool
+    ) -> tuple[spend_store.Admission, spend_store.Ticket | None]:
         with self.engine.begin() as conn:
-            spend_store.release(conn, ticket)
+            return spend_store.reserve(
+                conn,
+                self.model,
+                self.day,
+                self.cap_usd,
+                web_search=web_search,
+                purpose=self.purpose,
+                run_id=self.run_id,
+                estimate_usd=self.estimate_usd,
+            )
+
+    def _in_transaction(self, fn, *args) -> None:
+        with self.engine.begin() as conn:
+            fn(conn, *args)
