@@ -14,6 +14,7 @@ from prediction_pipeline.defs.predictions.config import PredictionsConfig
 from prediction_pipeline.resources import AppDatabase, Forecasters
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.store import spend as spend_store
 from prediction_pipeline.store.tables import prediction_failures
 from prediction_pipeline.store.tables import predictions as predictions_table
 from prediction_pipeline_tests.fakes.openrouter_server import (
@@ -191,6 +192,23 @@ def test_persistent_bad_answers_are_dead_lettered_then_redriven(
     assert all(row.resolved_at is not None for row in failures(engine))
 
 
+def test_invalid_answers_are_paid_for_in_the_spend_and_the_report(
+    database_url, engine, setup, server
+):
+    # Every ask for one market gets a billed but invalid answer (both asks fail): what the
+    # provider billed is what the report and the spend ledger say, invalid answers included.
+    garbage = selected_markets(engine)[0]
+    server.on_keyword(keyword(garbage), Fault.GARBAGE, forever=True)
+    result = materialize(database_url, setup, server, {"max_failure_share": 0.2})
+    meta = materialization_metadata(result, "predictions")
+    assert (meta["predicted"], meta["failed"]) == (TOP - 1, 1)
+    assert server.counts["garbage"] == 2
+    assert meta["cost_usd"] == pytest.approx(server.total_cost, abs=1e-6)
+    with engine.connect() as conn:
+        assert spend_store.spent_usd(conn, MODEL, DAY) == pytest.approx(server.total_cost)
+    assert meta["day_spent_usd"] == pytest.approx(server.total_cost, abs=1e-6)
+
+
 def test_too_many_failures_fail_the_partition_and_keep_the_rest(
     database_url, engine, setup, server
 ):
@@ -222,7 +240,7 @@ def test_spend_cap_skips_the_rest_for_budget(database_url, engine, setup, server
     kinds = {row.kind for row in failures(engine)}
     assert kinds == {"budget"}
     with engine.connect() as conn:
-        assert prediction_store.spent_usd(conn, MODEL, DAY) >= 0.0005
+        assert spend_store.spent_usd(conn, MODEL, DAY) >= 0.0005
 
 
 def test_web_search_and_hidden_price_reach_the_request(database_url, engine, setup, server):

@@ -17,6 +17,12 @@ one is given (so a call sleeping between retries holds no in-flight slot):
 - a truncated answer (``finish_reason == "length"``) is *returned* (`Completion.truncated`):
   it is not an HTTP failure, and the caller decides (the forecaster re-asks, then gives up).
 
+Cost: every attempt whose body reports ``usage.cost`` (an invalid answer, an error inside a
+200 body) is paid for, so `Completion.cost_usd` sums them all, and an `OpenRouterError` carries
+`cost_usd` too. With a `SpendHook`, each call reserves before it is sent and settles what it
+cost afterwards (released when nothing was sent; settled at its estimate when cancelled
+mid-flight, since the provider may bill it).
+
 The API key lives in an `httpx.Auth` that hides it from every repr; error messages are
 scrubbed of it and logs carry only method, path, status and model.
 
@@ -33,7 +39,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -77,6 +83,7 @@ class OpenRouterError(RuntimeError):
     """OpenRouter could not give an answer. `status` is the HTTP status when there was one."""
 
     retryable = False  # whether a later run (op retry) may succeed
+    cost_usd = 0.0  # what the failed call's attempts cost (bodies that reported usage.cost)
 
     def __init__(
         self,
@@ -126,7 +133,9 @@ class Completion:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
-    cost_usd: float | None  # `usage.cost` (None when OpenRouter did not report it)
+    # `usage.cost` summed over the call's attempts that reported one, failed ones included
+    # (None when none did)
+    cost_usd: float | None
     latency_ms: float  # the successful HTTP exchange, without limiter waits and retries
     model: str  # the model that answered (as OpenRouter reports it)
     generation_id: str | None = None
@@ -139,6 +148,41 @@ class Completion:
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+
+class SpendHook(Protocol):
+    """Reserves spend before a call and records what it cost (services.spend.SpendGuard)."""
+
+    async def reserve(self, *, web_search: bool) -> Any: ...
+
+    async def settle(self, ticket: Any, cost_usd: float | None) -> None: ...
+
+    async def release(self, ticket: Any) -> None: ...
+
+
+class _PaidAttempts:
+    """What the attempts of one call were billed (the ``usage.cost`` their bodies report)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.total = 0.0
+        self.reported = False
+
+    def add(self, response: httpx.Response) -> None:
+        data = _json(response)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        cost = usage.get("cost") if isinstance(usage, dict) else None
+        try:
+            value = float(cost) if cost is not None else None
+        except (TypeError, ValueError):
+            value = None
+        if value is not None and value >= 0:
+            self.total += value
+            self.reported = True
+
+    @property
+    def cost_usd(self) -> float | None:
+        return self.total if self.reported else None
 
 
 class _BearerAuth(httpx.Auth):
@@ -269,11 +313,13 @@ class OpenRouterClient:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         stats: RetryStats | None = None,
         limiter: ModelLimiter | None = None,
+        spend: SpendHook | None = None,
     ) -> Completion:
         """One chat completion under the retry policy (see the module docstring).
 
         `stats` (else the client's own) counts HTTP attempts, retries and 429s; `limiter`
-        (else the client's) is held around each HTTP attempt and paused on 429.
+        (else the client's) is held around each HTTP attempt and paused on 429; `spend`
+        reserves before the call (its refusal propagates, nothing sent) and records the cost.
         """
         if max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
@@ -285,6 +331,29 @@ class OpenRouterClient:
             max_tokens=max_tokens,
         )
         limiter = limiter if limiter is not None else self.limiter
+        ticket = await spend.reserve(web_search=web_search) if spend is not None else None
+        paid = _PaidAttempts()
+        try:
+            completion = await self._complete(model, body, web_search, stats, limiter, paid)
+        except BaseException as exc:
+            if isinstance(exc, OpenRouterError):
+                exc.cost_usd = paid.total
+            if spend is not None:
+                await _close_ticket(spend, ticket, paid, cancelled=not isinstance(exc, Exception))
+            raise
+        if spend is not None:
+            await spend.settle(ticket, completion.cost_usd)
+        return completion
+
+    async def _complete(
+        self,
+        model: str,
+        body: dict[str, Any],
+        web_search: bool,
+        stats: RetryStats | None,
+        limiter: ModelLimiter | None,
+        paid: _PaidAttempts,
+    ) -> Completion:
         policy = self.retry_policy
         attempts = 0
         rate_limited = 0
@@ -298,10 +367,13 @@ class OpenRouterClient:
                     if limiter is not None:
                         async with limiter:
                             started = time.perf_counter()
+                            paid.sent += 1
                             response = await self._post(body)
                     else:
+                        paid.sent += 1
                         response = await self._post(body)
                     latency_ms = (time.perf_counter() - started) * 1000.0
+                    paid.add(response)
                     if response.status_code == 429:
                         rate_limited += 1
                         if limiter is not None:
@@ -341,6 +413,7 @@ class OpenRouterClient:
         return _completion(
             data,
             model=model,
+            cost_usd=paid.cost_usd,
             latency_ms=latency_ms,
             web_search=web_search,
             http_attempts=attempts,
@@ -486,10 +559,25 @@ def _int(value: Any) -> int:
         return 0
 
 
+async def _close_ticket(
+    spend: SpendHook, ticket: Any, paid: _PaidAttempts, *, cancelled: bool
+) -> None:
+    """Record a call that ended without an answer: released when nothing was sent, at its
+    estimate when cancelled in flight (the provider may still bill it), else at what the
+    failed attempts' bodies reported (failed HTTP calls are not billed otherwise)."""
+    if paid.sent == 0:
+        await spend.release(ticket)
+    elif cancelled and not paid.reported:
+        await spend.settle(ticket, None)
+    else:
+        await spend.settle(ticket, paid.total)
+
+
 def _completion(
     data: dict[str, Any],
     *,
     model: str,
+    cost_usd: float | None,
     latency_ms: float,
     web_search: bool,
     http_attempts: int,
@@ -498,11 +586,6 @@ def _completion(
     choice = data["choices"][0]
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    cost = usage.get("cost")
-    try:
-        cost_usd = float(cost) if cost is not None else None
-    except (TypeError, ValueError):
-        cost_usd = None
     refusal = message.get("refusal")
     return Completion(
         content=_text(message.get("content")),
@@ -584,11 +667,14 @@ class OpenRouterForecaster:
         *,
         web_search: bool = False,
         stats: RetryStats | None = None,
+        spend: SpendHook | None = None,
     ) -> ForecastResult:
         """A validated forecast, or `ForecastAttemptsExhausted` (an `InvalidForecast`) after
-        `max_attempts` invalid answers; `OpenRouterError`s propagate as they are.
+        `max_attempts` invalid answers; other errors (`OpenRouterError`, the spend hook's
+        refusal) propagate with `cost_usd` set to what the attempts before them cost.
 
-        Tokens, cost and latency are summed over every attempt (each one was paid for).
+        Tokens, cost and latency are summed over every attempt (each one was paid for); each
+        attempt is one `complete` call, reserved and recorded through `spend`.
         """
         messages = self.messages(ctx)
         prompt_tokens = completion_tokens = 0
@@ -597,15 +683,20 @@ class OpenRouterForecaster:
         rate_limited = 0
         last_error = ""
         for attempt in range(1, self.max_attempts + 1):
-            completion = await self.client.complete(
-                self.slug,
-                messages,
-                web_search=web_search,
-                response_format=forecast_json_schema(),
-                max_tokens=self.max_tokens,
-                stats=stats,
-                limiter=self.limiter,
-            )
+            try:
+                completion = await self.client.complete(
+                    self.slug,
+                    messages,
+                    web_search=web_search,
+                    response_format=forecast_json_schema(),
+                    max_tokens=self.max_tokens,
+                    stats=stats,
+                    limiter=self.limiter,
+                    spend=spend,
+                )
+            except Exception as exc:  # the invalid answers before it were paid for
+                exc.cost_usd = getattr(exc, "cost_usd", 0.0) + cost_usd
+                raise
             prompt_tokens += completion.prompt_tokens
             completion_tokens += completion.completion_tokens
             cost_usd += completion.cost_usd or 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from prediction_pipeline.clients.http_retry import RetryStats
+from prediction_pipeline.clients.openrouter import SpendHook
 from prediction_pipeline.core.baselines import BASELINES
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
 
@@ -13,8 +14,16 @@ class Forecaster(Protocol):
     slug: str
 
     async def forecast(
-        self, ctx: MarketContext, *, web_search: bool, stats: RetryStats
-    ) -> ForecastResult: ...
+        self,
+        ctx: MarketContext,
+        *,
+        web_search: bool,
+        stats: RetryStats,
+        spend: SpendHook | None = None,
+    ) -> ForecastResult:
+        """`spend` reserves and records every paid provider call the forecast makes; what
+        the forecast cost, valid or not, is in the result or the exception's `cost_usd`."""
+        ...
 
 
 class BuiltinForecaster:
@@ -27,9 +36,14 @@ class BuiltinForecaster:
         self._fn = BASELINES[slug]
 
     async def forecast(
-        self, ctx: MarketContext, *, web_search: bool, stats: RetryStats
+        self,
+        ctx: MarketContext,
+        *,
+        web_search: bool,
+        stats: RetryStats,
+        spend: SpendHook | None = None,
     ) -> ForecastResult:
-        stats.record_attempt()
+        stats.record_attempt()  # no provider call: nothing to reserve
         return self._fn(ctx)
 
 

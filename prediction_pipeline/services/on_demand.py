@@ -20,6 +20,7 @@ from prediction_pipeline.core.forecast import MarketContext
 from prediction_pipeline.core.prompts import build_research_messages
 from prediction_pipeline.services.forecasters import Forecaster, close_forecaster
 from prediction_pipeline.services.predict import PredictionTask, run_predictions
+from prediction_pipeline.services.spend import SpendGuard
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import on_demand as queue
@@ -281,7 +282,7 @@ def fulfil_request(
     return outcome
 
 
-async def _research(forecaster: Forecaster, ctx: MarketContext) -> str | None:
+async def _research(forecaster: Forecaster, ctx: MarketContext, spend: SpendGuard) -> str | None:
     client = getattr(forecaster, "client", None)
     if client is None:
         return None
@@ -293,6 +294,7 @@ async def _research(forecaster: Forecaster, ctx: MarketContext) -> str | None:
             response_format=None,
             max_tokens=1200,
             stats=RetryStats(),
+            spend=spend,  # reserved against, and counted in, the model's daily cap
         )
         return completion.content
     finally:
@@ -320,7 +322,15 @@ def research_session(
         online = [s for s in specs if s and s.provider == model_store.OPENROUTER_PROVIDER]
         if online:
             try:
-                notes = asyncio.run(_research(build(online[0]), ctx))
+                spend = SpendGuard(
+                    engine,
+                    online[0].slug,
+                    ctx.day,
+                    online[0].max_cost_usd,
+                    purpose="research",
+                    run_id=run_id,
+                )
+                notes = asyncio.run(_research(build(online[0]), ctx, spend))
             except Exception as exc:  # research is optional: forecast without it
                 notes = f"(research failed: {type(exc).__name__})"
     with engine.begin() as conn:

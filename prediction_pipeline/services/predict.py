@@ -1,6 +1,11 @@
 """The one prediction code path: for a set of markets and one model, ask the forecaster,
 validate, store idempotently, dead-letter what fails, respect the spend cap.
 
+Spend: every provider call reserves against the (model, day) cap in the app database before
+it is sent and records its cost after (services.spend, store.spend), so concurrent runs and
+processes share one cap, and invalid answers, re-asks and billed failures count. Once a call
+is refused for the cap, the rest of the batch is recorded as skipped for budget.
+
 Used by the daily batch (`predictions` asset) and by on-demand requests and sessions.
 Concurrency: `max_in_flight` workers share one queue; the forecaster's own limiter keeps
 the request rate and backs the whole model off on 429s. Every prediction is committed as
@@ -23,7 +28,9 @@ import sqlalchemy as sa
 from prediction_pipeline.clients.http_retry import RetryStats
 from prediction_pipeline.core.forecast import MarketContext
 from prediction_pipeline.services.forecasters import Forecaster, close_forecaster
+from prediction_pipeline.services.spend import SpendCapReached, SpendGuard
 from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.store import spend as spend_store
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,8 @@ class PredictionTask:
     contexts: list[MarketContext]
     web_search: bool = False
     max_in_flight: int = 4
-    max_cost_usd: float | None = None
+    max_cost_usd: float | None = None  # the (model, day) spend cap, shared by every run
+    call_estimate_usd: float | None = None  # reserved per call; None: from the model's history
     origin: str = prediction_store.BATCH
     request_id: str | None = None  # origin "request": the idempotency key is the request
     session_id: str | None = None  # origin "session": the key is (session, model)
@@ -57,7 +65,8 @@ class PredictionReport:
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # every call of this run: stored, invalid, failed or refused later
+    day_spent_usd: float = 0.0  # the model's spend on the day, all runs, after this one
     latencies_ms: list[float] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source id, error)
     stats: RetryStats = field(default_factory=RetryStats)
@@ -87,6 +96,7 @@ class PredictionReport:
             "completion_tokens": self.completion_tokens,
             "tokens": self.prompt_tokens + self.completion_tokens,
             "cost_usd": round(self.cost_usd, 6),
+            "day_spent_usd": round(self.day_spent_usd, 6),
             "latency_p50_ms": round(self.latency_percentile(50), 1),
             "latency_p95_ms": round(self.latency_percentile(95), 1),
             "retries": http.get("http_retries", 0),
@@ -120,41 +130,58 @@ async def run_predictions(
                 conn, task.model, request_id=task.request_id, session_id=task.session_id
             )
             done = {linked.market_id} if linked else set()
-        spent = prediction_store.spent_usd(conn, task.model, task.day)
     todo = [ctx for ctx in task.contexts if ctx.market_id not in done]
     report.skipped_existing = len(task.contexts) - len(todo)
     queue: asyncio.Queue[MarketContext] = asyncio.Queue()
     for ctx in todo:
         queue.put_nowait(ctx)
-    budget = {"spent": spent}
     stop = asyncio.Event()
+    over_budget = asyncio.Event()  # a call was refused for the cap: skip the rest
+    guard = SpendGuard(
+        engine,
+        task.model,
+        task.day,
+        task.max_cost_usd,
+        run_id=task.run_id,
+        estimate_usd=task.call_estimate_usd,
+    )
 
-    def over_budget() -> bool:
-        return task.max_cost_usd is not None and budget["spent"] >= task.max_cost_usd
+    def skip_for_budget(ctx: MarketContext) -> None:
+        report.skipped_budget += 1
+        _dead_letter(
+            engine,
+            task,
+            ctx,
+            "budget",
+            "BudgetExhausted",
+            f"spend cap {task.max_cost_usd} USD reached",
+            0,
+        )
 
     async def worker() -> None:
         while not queue.empty() and not stop.is_set():
             ctx = queue.get_nowait()
-            if over_budget():
-                report.skipped_budget += 1
-                _dead_letter(
-                    engine,
-                    task,
-                    ctx,
-                    "budget",
-                    "BudgetExhausted",
-                    f"spend cap {task.max_cost_usd} USD reached",
-                    0,
-                )
+            if over_budget.is_set():
+                skip_for_budget(ctx)
                 continue
             began = time.monotonic()
             try:
                 result = await forecaster.forecast(
-                    ctx, web_search=task.web_search, stats=report.stats
+                    ctx, web_search=task.web_search, stats=report.stats, spend=guard
                 )
             except asyncio.CancelledError:
                 raise
+            except SpendCapReached as exc:
+                report.cost_usd += exc.cost_usd  # re-asks refused after paid attempts
+                over_budget.set()
+                skip_for_budget(ctx)
+                continue
             except Exception as exc:  # one market's failure never fails the batch
+                # Invalid answers and billed failures were paid for (ForecastAttemptsExhausted,
+                # OpenRouterError and others carry `cost_usd`).
+                report.cost_usd += getattr(exc, "cost_usd", 0.0) or 0.0
+                report.prompt_tokens += getattr(exc, "prompt_tokens", 0) or 0
+                report.completion_tokens += getattr(exc, "completion_tokens", 0) or 0
                 if _is_fatal(exc, fatal_errors):
                     report.fatal = f"{type(exc).__name__}: {exc}"
                     stop.set()
@@ -172,6 +199,7 @@ async def run_predictions(
                     getattr(exc, "attempts", 1),
                 )
                 continue
+            report.cost_usd += result.cost_usd  # paid, stored or not
             latency = result.latency_ms or (time.monotonic() - began) * 1000
             with engine.begin() as conn:
                 new_id = prediction_store.store_prediction(
@@ -192,8 +220,6 @@ async def run_predictions(
             report.predicted += 1
             report.prompt_tokens += result.prompt_tokens
             report.completion_tokens += result.completion_tokens
-            report.cost_usd += result.cost_usd
-            budget["spent"] += result.cost_usd
             report.latencies_ms.append(latency)
 
     workers = max(1, min(task.max_in_flight, len(todo)))
@@ -201,6 +227,8 @@ async def run_predictions(
         await asyncio.gather(*(worker() for _ in range(workers)))
     finally:
         await close_forecaster(forecaster)
+    with engine.connect() as conn:
+        report.day_spent_usd = spend_store.spent_usd(conn, task.model, task.day)
     report.elapsed_s = time.monotonic() - started
     return report
 

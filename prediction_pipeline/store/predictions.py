@@ -107,14 +107,6 @@ def market_context_row(conn: sa.Connection, market_id: int, day: dt.date) -> sa.
     return conn.execute(query).first()
 
 
-def spent_usd(conn: sa.Connection, model: str, day: dt.date) -> float:
-    """What the model has cost on `day`, every origin included: the budget is per model/day."""
-    query = sa.select(sa.func.coalesce(sa.func.sum(predictions.c.cost_usd), 0.0)).where(
-        predictions.c.model_slug == model, predictions.c.day == day
-    )
-    return float(conn.scalar(query) or 0.0)
-
-
 def store_prediction(
     conn: sa.Connection,
     ctx: MarketContext,

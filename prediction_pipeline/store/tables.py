@@ -429,3 +429,42 @@ run_failure_alerts = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("run_id"),
 )
+
+# -- spend per (model, day) (migration 0007) --------------------------------------------------
+
+# The counter every provider call reserves against, in nano-USD (integers: exact sums, so a cap
+# hit exactly is hit exactly). `reserved_nusd` is held by calls in flight; a call is admitted
+# by one conditional UPDATE (store.spend.reserve), atomic on SQLite and PostgreSQL.
+model_spend = sa.Table(
+    "model_spend",
+    metadata,
+    sa.Column("model_slug", sa.String(200), sa.ForeignKey("models.slug"), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("spent_nusd", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("reserved_nusd", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row per provider call: what it reserved, what it cost. status: reserved (in flight) |
+# settled | released (never sent) | expired (its holder vanished; the hold was given back, a
+# late settle still adds the cost).
+spend_calls = sa.Table(
+    "spend_calls",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("model_slug", sa.String(200), sa.ForeignKey("models.slug"), nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("purpose", sa.String(16), nullable=False),  # forecast | research
+    sa.Column("web_search", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("estimate_nusd", sa.BigInteger, nullable=False),
+    sa.Column("cost_nusd", sa.BigInteger),
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("reserved_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("settled_at", UTCDateTime),
+    sa.Index("ix_spend_calls_model_slug_day_status", "model_slug", "day", "status"),
+    # The estimate of the next call: the dearest call of the model seen so far (MAX by index).
+    sa.Index("ix_spend_calls_model_slug_web_search_cost", "model_slug", "web_search", "cost_nusd"),
+)
