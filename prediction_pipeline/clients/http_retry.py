@@ -352,6 +352,31 @@ def redact_url(url: str | httpx.URL) -> str:
     return f"{parts.scheme}://{netloc}{hidden}"
 
 
+class _SecretUrlFilter(logging.Filter):
+    """httpx logs every request's full URL at INFO ("HTTP Request: POST https://..."): for
+    the URLs registered as secret, the record shows `redact_url` instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.urls and isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(arg) if str(arg) in self.urls else arg for arg in record.args
+            )
+        return True
+
+
+_secret_urls = _SecretUrlFilter()
+logging.getLogger("httpx").addFilter(_secret_urls)
+
+
+def register_secret_url(url: str) -> None:
+    """Keep `url` (a webhook) out of httpx's own request log lines."""
+    _secret_urls.urls.add(str(httpx.URL(url)))
+
+
 def describe_error(exc: BaseException, url: str | httpx.URL | None = None) -> str:
     """A one-line account of a failed request that never repeats `url`'s path or query:
     httpx puts the full URL into some messages (HTTPStatusError, InvalidURL...)."""
