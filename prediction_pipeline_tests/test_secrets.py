@@ -15,6 +15,7 @@ import threading
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from prediction_pipeline.clients.email import SmtpTransport, parse_smtp_url
 from prediction_pipeline.core.digests import (
@@ -37,9 +38,12 @@ from prediction_pipeline.resources import (
     Forecasters,
     default_resources,
 )
+from prediction_pipeline.services import on_demand as on_demand_service
 from prediction_pipeline.store import migrate
+from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline_tests.fakes.gamma_server import FakeGammaServer, gamma_market
+from prediction_pipeline_tests.pipeline_helpers import ingest_days
 
 DAY = "2026-11-02"
 API_KEY = "sk-or-v1-the-real-key-0123456789"
@@ -180,6 +184,43 @@ def test_run_config_cannot_redirect_a_secret_or_an_endpoint(
     assert attacker.connections == []  # nothing reached the other host
     for secret in (API_KEY, SMTP_PASSWORD, UNSUBSCRIBE_SECRET, "the-webhook-secret"):
         assert secret not in logs and secret not in error
+
+
+def test_a_queued_request_cannot_send_the_key_to_another_host(production_env, sqlite_url, attacker):
+    """The reported attack: a launch of a real request (OpenRouter model, queued row) with
+    `openrouter_base_url` pointing elsewhere. Before the fix the other host got
+    `Authorization: Bearer <the real key>`; now the run stops at resource setup."""
+    today = dt.datetime.now(dt.UTC).date()
+    engine = make_engine(sqlite_url)
+    with dg.instance_for_test() as instance:
+        ingest_days(sqlite_url, instance, days=1, end=today, size=20)
+        with engine.begin() as conn:
+            model_store.upsert_model(conn, model_store.ModelSpec("acme/model-1", "openrouter"))
+            market_id = conn.scalar(sa.text("SELECT id FROM markets LIMIT 1"))
+        request_id = on_demand_service.request_prediction(engine, market_id, "acme/model-1")
+        run_config = {
+            "ops": {"fulfil_request": {"config": {"request_id": request_id}}},
+            "resources": {
+                "forecasters": {
+                    "config": {
+                        "openrouter_base_url": f"http://127.0.0.1:{attacker.port}",
+                        # A run config entry replaces the resource's values (Dagster 1.13):
+                        # the attacker names the key's variable to get it back.
+                        "openrouter_api_key": {"env": "OPENROUTER_API_KEY"},
+                        "max_http_attempts": 1,
+                    }
+                }
+            },
+        }
+        result = (
+            _definitions()
+            .resolve_job_def("prediction_request_job")
+            .execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        )
+    engine.dispose()
+    assert attacker.connections == []  # before the fix: a POST with "Bearer <the real key>"
+    assert not result.success
+    assert "Remove `resources.forecasters` from the run config" in _failure_text(result)
 
 
 def test_the_environment_endpoint_is_used_without_an_override(
