@@ -4,6 +4,7 @@ later ticks when it fails, with the webhook's URL (its secret path) never logged
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,6 +23,7 @@ from prediction_pipeline.resources import (
     default_resources,
 )
 from prediction_pipeline.services import alerts as alert_service
+from prediction_pipeline.store import on_demand as queue_store
 from prediction_pipeline.store.tables import run_failure_alerts as alerts_table
 from prediction_pipeline_tests.pipeline_helpers import partition
 
@@ -300,3 +302,49 @@ def test_run_config_cannot_redirect_the_webhook(monkeypatch, database_url, engin
         _evaluate_failure_sensor(instance, run, failure, resources)
     assert len(real.delivered) == 1 and attacker.posts == []
     assert real.delivered[0]["run_id"] == result.run_id
+
+
+def _deliver_in_another_process(url, webhook, alert, barrier, results) -> None:
+    from prediction_pipeline.store.db import make_engine
+
+    engine = make_engine(url)
+    barrier.wait()
+    results.put(alert_service.deliver(engine, alert, webhook, seen_attempts=0))
+    engine.dispose()
+
+
+def test_one_process_sends_each_attempt(database_url, engine, flaky):
+    """The failure sensor and the retry sensor may see the same undelivered alert at once:
+    processes that race for one attempt send one POST between them."""
+    hook = flaky(failures=0)
+    with engine.begin() as conn:
+        alert_id = queue_store.record_alert(
+            conn,
+            run_id="run-1",
+            job_name="job",
+            partition_key=None,
+            error="boom",
+            run_url="http://dagster/runs/run-1",
+            notified_via="log,webhook",
+            deliver=True,
+        )
+    alert = alert_service.Alert(alert_id, "run-1", "job", None, "boom", "http://dagster/runs/run-1")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_deliver_in_another_process,
+            args=(database_url, hook.url, alert, barrier, results),
+        )
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = sorted((results.get(timeout=120) for _ in workers), key=str)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert outcomes.count(True) == 1 and outcomes.count(None) == 2
+    assert len(hook.posts) == 1
+    row = _alert(engine)
+    assert row.attempts == 1 and row.delivered_at is not None
