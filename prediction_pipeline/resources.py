@@ -104,6 +104,8 @@ class EnvironmentOnlyResource(dg.ConfigurableResource):
             return  # sensors, schedules and direct use: no run config to check
         configured = (run.run_config or {}).get("resources") or {}
         keys = [k for k, d in context.all_resource_defs.items() if d is context.resource_def]
+        if not keys:  # our key not found: fail closed on any entry naming one of our fields
+            keys = [k for k, entry in configured.items() if self._names_env_only(entry)]
         for key in keys:
             if key in configured:
                 fields = ", ".join(f"{f} ({v})" for f, v in self.ENV_ONLY.items())
@@ -112,6 +114,10 @@ class EnvironmentOnlyResource(dg.ConfigurableResource):
                     f"endpoints come from the environment only: {fields}; a run's config "
                     f"cannot override them. Remove `resources.{key}` from the run config."
                 )
+
+    def _names_env_only(self, entry: Any) -> bool:
+        config = entry.get("config") if isinstance(entry, dict) else None
+        return isinstance(config, dict) and bool(set(config) & set(self.ENV_ONLY))
 
     def __repr_args__(self):
         for name, value in super().__repr_args__():
