@@ -3,23 +3,36 @@
 Values come through dg.EnvVar when the variable is set, so the UI shows the variable's name
 and never its value (database URLs and API keys are secrets); unset variables fall back to
 the offline defaults.
+
+Secrets and endpoints come from the environment only. Dagster lets a run's config set any
+resource field (`resources.<key>.config.<field>`, EnvVar fields included), and in 1.13 such an
+entry *replaces* the resource's definition-time values (fields it does not name fall back to
+their class defaults). So a run whose config names one of these resources fails at resource
+setup with a clear, non-retried error, before any request: see `EnvironmentOnlyResource`.
+Their reprs mask secrets and the secret parts of URLs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any, ClassVar
 
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from prediction_pipeline.clients.email import EmailTransport, open_transport, safe_smtp_url
+from prediction_pipeline.clients.email import (
+    OUTBOX,
+    EmailTransport,
+    open_transport,
+    safe_smtp_url,
+)
 from prediction_pipeline.clients.gamma import DEFAULT_BASE_URL as DEFAULT_GAMMA_URL
 from prediction_pipeline.clients.gamma import GammaClient
-from prediction_pipeline.clients.http_retry import RetryPolicy
+from prediction_pipeline.clients.http_retry import RetryPolicy, redact_url
 from prediction_pipeline.clients.market_sources import (
     MarketSource,
     PolymarketSource,
@@ -54,6 +67,67 @@ class SchemaOutOfDateError(dg.Failure):
         super().__init__(description, allow_retries=False)
 
 
+class RunConfigOverrideError(dg.Failure):
+    """A run's config tried to configure a resource whose secrets and endpoints come from the
+    environment only. Not worth retrying."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, allow_retries=False)
+
+
+def _masked(value: Any) -> str | None:
+    return "***" if value else None
+
+
+def _safe_db_url(url: str) -> str:
+    try:
+        return safe_url(url)
+    except Exception:  # an unparseable URL may hold a password anywhere: show nothing
+        return "(unparseable URL)"
+
+
+class EnvironmentOnlyResource(dg.ConfigurableResource):
+    """A resource with fields that only the environment (or the code location's own
+    definitions) may set: secrets and endpoints, listed in `ENV_ONLY` (field -> variable).
+
+    A run's config cannot configure it at all (`setup_for_execution` fails the run with the
+    field names and their variables): Dagster would otherwise let `resources.<key>.config`
+    redirect a key or a message to another host, or silently reset the environment's values
+    to the class defaults. Its repr shows `REDACT`ed values only."""
+
+    ENV_ONLY: ClassVar[dict[str, str]] = {}
+    REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is None or not self.ENV_ONLY:
+            return  # sensors, schedules and direct use: no run config to check
+        configured = (run.run_config or {}).get("resources") or {}
+        keys = [k for k, d in context.all_resource_defs.items() if d is context.resource_def]
+        if not keys:  # our key not found: fail closed on any entry naming one of our fields
+            keys = [k for k, entry in configured.items() if self._names_env_only(entry)]
+        for key in keys:
+            if key in configured:
+                fields = ", ".join(f"{f} ({v})" for f, v in self.ENV_ONLY.items())
+                raise RunConfigOverrideError(
+                    f"this run's config sets resources.{key}: not allowed. Its secrets and "
+                    f"endpoints come from the environment only: {fields}; a run's config "
+                    f"cannot override them. Remove `resources.{key}` from the run config."
+                )
+
+    def _names_env_only(self, entry: Any) -> bool:
+        config = entry.get("config") if isinstance(entry, dict) else None
+        return isinstance(config, dict) and bool(set(config) & set(self.ENV_ONLY))
+
+    def __repr_args__(self):
+        for name, value in super().__repr_args__():
+            redact = self.REDACT.get(name) if name else None
+            if redact is None or not value or isinstance(value, dg.EnvVar):
+                yield name, value  # an EnvVar shows the variable's name, not its value
+            else:
+                yield name, redact(value)
+
+
 @lru_cache(maxsize=32)
 def _engine(url: str) -> sa.Engine:
     engine = make_engine(url)
@@ -66,8 +140,11 @@ def _engine(url: str) -> sa.Engine:
     return engine
 
 
-class AppDatabase(dg.ConfigurableResource):
+class AppDatabase(EnvironmentOnlyResource):
     """The app database (SQLite file by default, PostgreSQL in production)."""
+
+    ENV_ONLY: ClassVar[dict[str, str]] = {"url": "PREDICTION_PIPELINE_DATABASE_URL"}
+    REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {"url": _safe_db_url}
 
     url: str = Field(description="SQLAlchemy URL; set PREDICTION_PIPELINE_DATABASE_URL.")
 
@@ -86,8 +163,10 @@ class AppDatabase(dg.ConfigurableResource):
             yield conn
 
 
-class MarketSourceResource(dg.ConfigurableResource):
+class MarketSourceResource(EnvironmentOnlyResource):
     """Where markets come from: `synthetic` (offline default) or `polymarket` (Gamma API)."""
+
+    ENV_ONLY: ClassVar[dict[str, str]] = {"gamma_url": "POLYMARKET_GAMMA_URL"}
 
     kind: str = Field(default="synthetic", description="synthetic or polymarket")
     synthetic_size: int = Field(default=300, description="Markets open on any synthetic day.")
@@ -110,9 +189,15 @@ class MissingApiKeyError(dg.Failure):
     pass
 
 
-class Forecasters(dg.ConfigurableResource):
+class Forecasters(EnvironmentOnlyResource):
     """Builds the forecaster of a registered model: a built-in baseline, or an OpenRouter
     model with its own rate limiter and in-flight cap from the registry."""
+
+    ENV_ONLY: ClassVar[dict[str, str]] = {
+        "openrouter_api_key": "OPENROUTER_API_KEY",
+        "openrouter_base_url": "OPENROUTER_BASE_URL",
+    }
+    REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {"openrouter_api_key": _masked}
 
     openrouter_api_key: str | None = Field(
         default=None, description="Set OPENROUTER_API_KEY; needed by non-built-in models only."
@@ -158,8 +243,11 @@ class Forecasters(dg.ConfigurableResource):
         return (OpenRouterAuthError, OpenRouterCreditsError, OpenRouterForbiddenError)
 
 
-class EmailTransportResource(dg.ConfigurableResource):
+class EmailTransportResource(EnvironmentOnlyResource):
     """Where digests go: an outbox folder of .eml files (offline default) or SMTP."""
+
+    ENV_ONLY: ClassVar[dict[str, str]] = {"smtp_url": "PREDICTION_PIPELINE_SMTP_URL"}
+    REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {"smtp_url": safe_smtp_url}
 
     kind: str | None = Field(
         default=None,
@@ -190,8 +278,15 @@ class EmailTransportResource(dg.ConfigurableResource):
             return safe_smtp_url(self.smtp_url) if self.smtp_url else "misconfigured"
 
 
-class DigestSettings(dg.ConfigurableResource):
+class DigestSettings(EnvironmentOnlyResource):
     """How digests are signed, addressed and linked."""
+
+    ENV_ONLY: ClassVar[dict[str, str]] = {
+        "unsubscribe_secret": "PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET",
+        "public_url": "PREDICTION_PIPELINE_PUBLIC_URL",
+        "sender": "PREDICTION_PIPELINE_EMAIL_FROM",
+    }
+    REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {"unsubscribe_secret": _masked}
 
     unsubscribe_secret: str | None = Field(
         default=None,
@@ -211,9 +306,19 @@ class DigestSettings(dg.ConfigurableResource):
 
     @property
     def uses_dev_secret(self) -> bool:
-        return not self.unsubscribe_secret
+        return not self.unsubscribe_secret or self.unsubscribe_secret == DEV_UNSUBSCRIBE_SECRET
 
-    def renderer(self) -> DigestRenderer:
+    def renderer(self, transport_kind: str = OUTBOX) -> DigestRenderer:
+        """The renderer for messages that go out through `transport_kind`. Raises ValueError
+        when they would reach real recipients (anything but the outbox folder) with links
+        signed by the built-in development secret: anyone can forge those."""
+        if self.uses_dev_secret and transport_kind != OUTBOX:
+            raise ValueError(
+                f"refusing to send through {transport_kind} with the built-in development "
+                "unsubscribe secret (anyone could forge unsubscribe links with it): set "
+                "PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET to a long random value shared with the "
+                "web app"
+            )
         return DigestRenderer(
             secret=self.unsubscribe_secret or DEV_UNSUBSCRIBE_SECRET,
             public_url=self.public_url,
@@ -222,8 +327,15 @@ class DigestSettings(dg.ConfigurableResource):
         )
 
 
-class AlertSettings(dg.ConfigurableResource):
+class AlertSettings(EnvironmentOnlyResource):
     """Where run-failure alerts go besides the log and the `run_failure_alerts` table."""
+
+    ENV_ONLY: ClassVar[dict[str, str]] = {
+        "webhook_url": "PREDICTION_PIPELINE_ALERT_WEBHOOK_URL",
+        "operator_email": "PREDICTION_PIPELINE_ALERT_EMAIL",
+        "dagster_url": "PREDICTION_PIPELINE_DAGSTER_URL",
+    }
+    REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {"webhook_url": redact_url}
 
     webhook_url: str | None = Field(
         default=None,

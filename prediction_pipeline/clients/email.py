@@ -209,6 +209,11 @@ class SmtpSettings:
         tls = "?starttls=true" if self.starttls else ""
         return f"{scheme}://{auth}{self.host}:{self.port}{tls}"
 
+    def __repr__(self) -> str:  # the dataclass repr would print the password
+        return f"SmtpSettings({self.describe()}, timeout={self.timeout})"
+
+    __str__ = __repr__
+
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -290,6 +295,9 @@ class SmtpTransport:
 
     def describe(self) -> str:
         return self.settings.describe()
+
+    def __repr__(self) -> str:
+        return f"SmtpTransport({self.describe()})"
 
     def session(self) -> SmtpSession:
         return SmtpSession(self.settings)

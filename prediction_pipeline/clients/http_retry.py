@@ -19,7 +19,9 @@ Built on tenacity and usable from sync and async code:
 
 Callers pass a `RetryStats` to count attempts, retries, 429s and time slept, which they report
 as Dagster metadata. Logs carry only the method, the URL path and the status: never headers
-(Authorization) nor query strings.
+(Authorization) nor query strings. Where the path itself is a secret (Slack-style webhooks:
+``/services/T0/B0/XXXX``), `RetryPolicy(secret_url=True)` makes logs and errors show only the
+scheme and host (`redact_url`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import email.utils
 import logging
 import math
 import threading
+import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -65,6 +68,11 @@ class RetryPolicy(BaseModel):
         default=60.0, ge=0, description="Cap on a wait taken from a Retry-After header, seconds."
     )
     retry_statuses: frozenset[int] = RETRYABLE_STATUSES
+    secret_url: bool = Field(
+        default=False,
+        description="The URL's path and query are secrets (webhooks): logs and errors show "
+        "only its scheme and host.",
+    )
 
     @model_validator(mode="after")
     def _check_waits(self) -> RetryPolicy:
@@ -80,12 +88,14 @@ class RetryableHTTPError(Exception):
     response attached, once the attempts are used up.
     """
 
-    def __init__(self, response: httpx.Response, reason: str | None = None) -> None:
+    def __init__(
+        self, response: httpx.Response, reason: str | None = None, *, secret_url: bool = False
+    ) -> None:
         self.response = response
         self.status_code = response.status_code
         self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
         self.reason = reason or f"HTTP {response.status_code}"
-        super().__init__(f"{_describe_request(response)}: {self.reason}")
+        super().__init__(f"{_describe_request(response, secret_url)}: {self.reason}")
 
 
 @dataclass
@@ -175,9 +185,13 @@ def raise_for_retryable(
     Non-retryable error statuses are returned too: the caller turns them into its own error.
     """
     if response.status_code in policy.retry_statuses:
-        raise RetryableHTTPError(response)
+        raise RetryableHTTPError(response, secret_url=policy.secret_url)
     if retry_on is not None and retry_on(response):
-        raise RetryableHTTPError(response, reason=f"HTTP {response.status_code} (retryable)")
+        raise RetryableHTTPError(
+            response,
+            reason=f"HTTP {response.status_code} (retryable)",
+            secret_url=policy.secret_url,
+        )
     return response
 
 
@@ -228,7 +242,7 @@ def _hooks(
             "HTTP retry %d/%d after %s; sleeping %.2fs",
             retry_state.attempt_number,
             policy.max_attempts - 1,
-            _describe_failure(exc),
+            _describe_failure(exc, policy.secret_url),
             wait,
         )
 
@@ -320,16 +334,80 @@ async def asend_with_retry(
     return response
 
 
-def _describe_request(response: httpx.Response) -> str:
+def redact_url(url: str | httpx.URL) -> str:
+    """Scheme and host (and port) only: the path and query of a webhook URL are its secret,
+    and user info is a password."""
+    try:
+        parts = urllib.parse.urlsplit(str(url))
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(unparseable URL)"
+    if not parts.scheme or not host:
+        return "(unparseable URL)"
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    hidden = "/***" if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{netloc}{hidden}"
+
+
+class _SecretUrlFilter(logging.Filter):
+    """httpx logs every request's full URL at INFO ("HTTP Request: POST https://..."): for
+    the URLs registered as secret, the record shows `redact_url` instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.urls and isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(arg) if str(arg) in self.urls else arg for arg in record.args
+            )
+        return True
+
+
+_secret_urls = _SecretUrlFilter()
+logging.getLogger("httpx").addFilter(_secret_urls)
+
+
+def register_secret_url(url: str) -> None:
+    """Keep `url` (a webhook) out of httpx's own request log lines."""
+    _secret_urls.urls.add(str(httpx.URL(url)))
+
+
+def describe_error(exc: BaseException, url: str | httpx.URL | None = None) -> str:
+    """A one-line account of a failed request that never repeats `url`'s path or query:
+    httpx puts the full URL into some messages (HTTPStatusError, InvalidURL...)."""
+    described = _describe_failure(exc, secret_url=True)
+    if isinstance(exc, RetryableHTTPError):
+        return described
+    message = " ".join(str(exc).split())
+    if url is not None:
+        full = str(url)
+        message = message.replace(full, redact_url(full))
+        for secret in (urllib.parse.urlsplit(full).path, urllib.parse.urlsplit(full).query):
+            if secret not in ("", "/"):
+                message = message.replace(secret, "***")
+    return f"{described}: {message}"[:500] if message else described
+
+
+def _describe_request(response: httpx.Response, secret_url: bool = False) -> str:
     try:
         request = response.request
     except RuntimeError:
         return "HTTP request"
-    return f"{request.method} {request.url.path}"
+    return f"{request.method} {_shown_url(request.url, secret_url)}"
 
 
-def _describe_failure(exc: BaseException | None) -> str:
-    """Method, path and status or error class: never headers, query strings or bodies."""
+def _shown_url(url: httpx.URL, secret_url: bool) -> str:
+    return redact_url(url) if secret_url else url.path
+
+
+def _describe_failure(exc: BaseException | None, secret_url: bool = False) -> str:
+    """Method, path (or only the host) and status or error class: never headers, query
+    strings or bodies."""
     if isinstance(exc, RetryableHTTPError):
         return str(exc)
     if isinstance(exc, httpx.RequestError):
@@ -337,5 +415,5 @@ def _describe_failure(exc: BaseException | None) -> str:
             request = exc.request
         except RuntimeError:
             return type(exc).__name__
-        return f"{request.method} {request.url.path}: {type(exc).__name__}"
+        return f"{request.method} {_shown_url(request.url, secret_url)}: {type(exc).__name__}"
     return type(exc).__name__ if exc is not None else "unknown error"

@@ -6,8 +6,11 @@ into a `Digest` (or says there is nothing new), `DigestRenderer` renders it with
 part autoescaped: market text comes from outside) into one multipart/alternative message with
 a stable Message-ID per (user, day) and RFC 8058 one-click unsubscribe headers.
 
-Unsubscribe tokens are ``v1.<user id>.<HMAC-SHA256 signature, base64url>``: no expiry (a link
-in an old email must keep working), no state, verifiable by the web app with the same secret.
+Unsubscribe tokens are ``v2.<user id>.<HMAC-SHA256 signature, base64url>``, the signature
+covering the user id *and* the user's normalised email: no expiry (a link in an old email must
+keep working), no state, verifiable by the web app with the same secret and the user's current
+email, so that a token cannot unsubscribe whoever gets the same id later, nor survive an email
+change. ``v1`` tokens (id only) are no longer accepted.
 """
 
 from __future__ import annotations
@@ -34,14 +37,15 @@ import jinja2
 DEFAULT_PUBLIC_URL = "http://localhost:8000"
 DEFAULT_SENDER = "Prediction Pipeline <digest@localhost>"
 DEFAULT_MESSAGE_ID_DOMAIN = "prediction-pipeline"
-#: Used only when PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET is unset (offline, demo, tests); a
-#: warning is logged whenever it signs a link. Never use it for real recipients.
+#: Used only when PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET is unset (offline, demo, tests) and
+#: only for the outbox folder: with a transport that reaches real recipients, the digests
+#: refuse to start. Anyone can forge tokens with it.
 DEV_UNSUBSCRIBE_SECRET = "INSECURE-DEV-ONLY-unsubscribe-secret"
 #: A price move smaller than this (1 percentage point) is not news on its own.
 DEFAULT_MIN_PRICE_CHANGE = 0.01
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-UNSUBSCRIBE_TOKEN_VERSION = "v1"
+UNSUBSCRIBE_TOKEN_VERSION = "v2"
 _TOKEN_CONTEXT = b"prediction-pipeline/unsubscribe/"
 
 OPEN, CLOSED, RESOLVED = "open", "closed", "resolved"
@@ -67,30 +71,53 @@ def _signature(payload: str, secret: str | bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def make_unsubscribe_token(user_id: int, secret: str | bytes) -> str:
-    """A URL-safe token naming `user_id`, signed with HMAC-SHA256 under `secret`."""
+def _token_email(email: str) -> str:
+    """The email as the token binds it: stripped and lower-cased, as the store keeps it."""
+    if not isinstance(email, str) or not email.strip():
+        raise ValueError("an unsubscribe token needs the user's email")
+    return email.strip().lower()
+
+
+def make_unsubscribe_token(user_id: int, secret: str | bytes, *, email: str) -> str:
+    """A URL-safe token naming `user_id`, signed with HMAC-SHA256 under `secret` over the id
+    and `email` (the email itself is not in the token)."""
     if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id < 0:
         raise ValueError(f"user_id must be a non-negative int, got {user_id!r}")
     payload = f"{UNSUBSCRIBE_TOKEN_VERSION}.{user_id}"
-    return f"{payload}.{_signature(payload, secret)}"
+    return f"{payload}.{_signature(f'{payload}.{_token_email(email)}', secret)}"
 
 
-def verify_unsubscribe_token(token: str, secret: str | bytes) -> int:
-    """The user id a token names; raises `InvalidUnsubscribeToken` unless it is intact."""
+def unsubscribe_token_user_id(token: str) -> int:
+    """The user id a token names, NOT verified: look the user up by it, then call
+    `verify_unsubscribe_token` with that user's current email. Raises
+    `InvalidUnsubscribeToken` when the token is malformed or of another version."""
     parts = token.split(".") if isinstance(token, str) else []
     if len(parts) != 3 or parts[0] != UNSUBSCRIBE_TOKEN_VERSION:
         raise InvalidUnsubscribeToken("malformed unsubscribe token")
-    version, user, signature = parts
+    user = parts[1]
     if not user.isascii() or not user.isdigit() or (len(user) > 1 and user.startswith("0")):
         raise InvalidUnsubscribeToken("malformed unsubscribe token")
-    expected = _signature(f"{version}.{user}", secret)
-    if not hmac.compare_digest(expected.encode(), signature.encode("ascii", "replace")):
-        raise InvalidUnsubscribeToken("unsubscribe token signature does not match")
     return int(user)
 
 
-def unsubscribe_url(public_url: str, user_id: int, secret: str | bytes) -> str:
-    return f"{public_url.rstrip('/')}/unsubscribe?token={make_unsubscribe_token(user_id, secret)}"
+def verify_unsubscribe_token(token: str, secret: str | bytes, *, email: str) -> int:
+    """The user id a token names, if it was signed for that id and `email` (the user's
+    current email); raises `InvalidUnsubscribeToken` otherwise. Constant-time comparison."""
+    user_id = unsubscribe_token_user_id(token)
+    try:
+        bound = _token_email(email)
+    except ValueError:
+        raise InvalidUnsubscribeToken("unsubscribe token signature does not match") from None
+    expected = _signature(f"{UNSUBSCRIBE_TOKEN_VERSION}.{user_id}.{bound}", secret)
+    signature = token.rsplit(".", 1)[1]
+    if not hmac.compare_digest(expected.encode(), signature.encode("ascii", "replace")):
+        raise InvalidUnsubscribeToken("unsubscribe token signature does not match")
+    return user_id
+
+
+def unsubscribe_url(public_url: str, user_id: int, secret: str | bytes, *, email: str) -> str:
+    token = make_unsubscribe_token(user_id, secret, email=email)
+    return f"{public_url.rstrip('/')}/unsubscribe?token={token}"
 
 
 def digest_message_id(user_id: int, day: dt.date, domain: str = DEFAULT_MESSAGE_ID_DOMAIN) -> str:
@@ -474,7 +501,7 @@ class RenderedDigest:
 class DigestRenderer:
     """Renders digests into messages. `secret` signs the unsubscribe links."""
 
-    secret: str | bytes
+    secret: str | bytes = field(repr=False)  # signs the links: never in a repr
     public_url: str = DEFAULT_PUBLIC_URL
     sender: str = DEFAULT_SENDER
     message_id_domain: str = DEFAULT_MESSAGE_ID_DOMAIN
@@ -496,7 +523,7 @@ class DigestRenderer:
 
     def render(self, digest: Digest) -> RenderedDigest:
         user = digest.recipient
-        link = unsubscribe_url(self.public_url, user.user_id, self.secret)
+        link = unsubscribe_url(self.public_url, user.user_id, self.secret, email=user.email)
         subject = f"Your watchlist on {digest.day.isoformat()}: {digest.headline}"
         context = {
             "digest": digest,

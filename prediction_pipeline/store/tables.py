@@ -427,6 +427,12 @@ run_failure_alerts = sa.Table(
     sa.Column("run_url", sa.String(500), nullable=False),
     sa.Column("notified_via", sa.String(64), nullable=False),  # log | webhook | email, joined
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Webhook delivery (migration 0008): NULL until delivered (or nothing to deliver);
+    # retried on later sensor ticks, at most MAX_ALERT_ATTEMPTS times.
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_attempt_at", UTCDateTime),
+    sa.Column("last_error", sa.Text),
     sa.UniqueConstraint("run_id"),
 )
 

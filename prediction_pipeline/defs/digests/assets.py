@@ -75,7 +75,7 @@ def watchlist_digests(
     except ValueError as exc:
         raise dg.Failure(f"email transport misconfigured: {exc}", allow_retries=False) from None
     try:
-        renderer = digest_settings.renderer()
+        renderer = digest_settings.renderer(transport.kind)
     except ValueError as exc:
         raise dg.Failure(f"digest settings invalid: {exc}", allow_retries=False) from None
     if digest_settings.uses_dev_secret:

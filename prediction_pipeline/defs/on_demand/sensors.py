@@ -4,11 +4,10 @@ import datetime as dt
 import json
 
 import dagster as dg
-import httpx
 
-from prediction_pipeline.clients.http_retry import RetryPolicy, send_with_retry
 from prediction_pipeline.defs.on_demand.jobs import prediction_request_job, prediction_session_job
 from prediction_pipeline.resources import AlertSettings, AppDatabase
+from prediction_pipeline.services import alerts
 from prediction_pipeline.store import on_demand as queue
 
 REQUEST_TAG = "prediction_pipeline/request_id"
@@ -151,7 +150,8 @@ def run_failure_alerts(
     context: dg.RunFailureSensorContext, app_db: AppDatabase, alert_settings: AlertSettings
 ):
     """Every failed run: one row in `run_failure_alerts`, a log line, and the webhook when
-    configured; with the run id, partition, error and a link to the run in the UI."""
+    configured; with the run id, partition, error and a link to the run in the UI. A webhook
+    POST that fails is retried by `alert_delivery_retries` on later ticks."""
     run = context.dagster_run
     steps = context.get_step_failure_events()
     error = "; ".join(
@@ -159,9 +159,10 @@ def run_failure_alerts(
     ) or (context.failure_event.message or "run failed")
     partition = run.tags.get("dagster/partition")
     url = f"{alert_settings.dagster_url.rstrip('/')}/runs/{run.run_id}"
-    channels = ["log"] + (["webhook"] if alert_settings.webhook_url else [])
+    webhook = alert_settings.webhook_url
+    channels = ["log"] + (["webhook"] if webhook else [])
     with app_db.begin() as conn:
-        first = queue.record_alert(
+        alert_id = queue.record_alert(
             conn,
             run_id=run.run_id,
             job_name=run.job_name,
@@ -169,27 +170,28 @@ def run_failure_alerts(
             error=error,
             run_url=url,
             notified_via=",".join(channels),
+            deliver=bool(webhook),
         )
-    if not first:
+    if alert_id is None:
         return
-    text = f"Run failed: {run.job_name} {partition or ''} {url}\n{error[:1500]}"
-    context.log.error(text)
-    if alert_settings.webhook_url:
-        payload = {
-            "text": text,
-            "run_id": run.run_id,
-            "job": run.job_name,
-            "partition": partition,
-            "error": error[:4000],
-            "url": url,
-        }
-        with httpx.Client(timeout=10) as client:
-            response = send_with_retry(
-                client,
-                "POST",
-                alert_settings.webhook_url,
-                policy=RetryPolicy(max_attempts=3, initial_wait=0.5, max_wait=5),
-                json=payload,
-            )
-        if response.status_code >= 400:
-            context.log.warning(f"alert webhook answered HTTP {response.status_code}")
+    alert = alerts.Alert(alert_id, run.run_id, run.job_name, partition, error, url)
+    context.log.error(alert.text)
+    if webhook:
+        alerts.deliver(app_db.engine(), alert, webhook, seen_attempts=0, log=context.log.warning)
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def alert_delivery_retries(
+    context: dg.SensorEvaluationContext, app_db: AppDatabase, alert_settings: AlertSettings
+):
+    """Re-sends run-failure alerts whose webhook POST failed, with a growing pause, at most
+    `MAX_ALERT_ATTEMPTS` times each (the row keeps the attempts and the last error)."""
+    if not alert_settings.webhook_url:
+        return dg.SkipReason("no alert webhook configured")
+    counts = alerts.retry_undelivered(
+        app_db.engine(),
+        alert_settings.webhook_url,
+        dt.datetime.now(dt.UTC),
+        log=context.log.warning,
+    )
+    return dg.SkipReason(json.dumps(counts))
