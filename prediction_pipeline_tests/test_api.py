@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from prediction_pipeline.clients.market_sources import SyntheticSource
+from prediction_pipeline.core.digests import make_unsubscribe_token
 from prediction_pipeline.services import api_access, on_demand
 from prediction_pipeline.services.forecasters import BuiltinForecaster
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import migrate
+from prediction_pipeline.store import users as user_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import api_keys, credit_ledger, prediction_requests
 from prediction_pipeline_tests.fakes.api_server import ApiServer
@@ -345,3 +347,49 @@ def test_prediction_events_end_with_the_final_state(engine, api, key, market):
         f"{api.base_url}/v1/predictions/nope/events", headers={"Authorization": f"Bearer {key}"}
     )
     assert missing.status_code == 404
+
+
+SECRET = "test-unsubscribe-secret"
+
+
+@pytest.fixture
+def unsub_api(engine):
+    with ApiServer(engine, unsubscribe_secret=SECRET) as server:
+        yield server
+
+
+def _subscribed(engine, email: str) -> bool:
+    with engine.connect() as conn:
+        return user_store.get_user(conn, email).digest_opt_in
+
+
+def test_one_click_unsubscribe(engine, unsub_api):
+    with engine.begin() as conn:
+        user, _ = user_store.add_user(conn, USER)
+        other, _ = user_store.add_user(conn, "bob@example.com")
+    token = make_unsubscribe_token(user.id, SECRET, email=USER)
+    url = f"{unsub_api.base_url}/unsubscribe"
+    page = httpx.get(url, params={"token": token})
+    assert page.status_code == 200 and "<button" in page.text and USER in page.text
+    assert _subscribed(engine, USER)  # a prefetching link scanner unsubscribes nobody
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    forged = make_unsubscribe_token(other.id, SECRET, email=USER)  # another user's id
+    wrong_key = make_unsubscribe_token(user.id, "guessed", email=USER)
+    for bad in (tampered, forged, wrong_key, "v1.1.abc", "garbage"):
+        for method in ("GET", "POST"):
+            answer = httpx.request(method, url, params={"token": bad})
+            assert answer.status_code == 400 and "not valid" in answer.text, (bad, method)
+    assert _subscribed(engine, USER) and _subscribed(engine, "bob@example.com")
+    body = {"List-Unsubscribe": "One-Click"}
+    for _ in range(2):  # idempotent
+        done = httpx.post(url, params={"token": token}, data=body)
+        assert done.status_code == 200 and "no more digests" in done.text
+        assert not _subscribed(engine, USER)
+    assert _subscribed(engine, "bob@example.com")
+
+
+def test_digest_links_point_at_the_api(engine):
+    from prediction_pipeline.core.digests import DEFAULT_PUBLIC_URL, unsubscribe_url
+
+    url = unsubscribe_url(DEFAULT_PUBLIC_URL, 1, SECRET, email=USER)
+    assert url.startswith("http://localhost:8000/unsubscribe?token=")  # `make api`

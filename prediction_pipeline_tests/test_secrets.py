@@ -197,7 +197,10 @@ def test_a_queued_request_cannot_send_the_key_to_another_host(production_env, sq
         with engine.begin() as conn:
             model_store.upsert_model(conn, model_store.ModelSpec("acme/model-1", "openrouter"))
             market_id = conn.scalar(sa.text("SELECT id FROM markets LIMIT 1"))
-        request_id = on_demand_service.request_prediction(engine, market_id, "acme/model-1")
+        on_demand_service.grant(engine, "ada@example.com", 1)
+        request_id = on_demand_service.request_prediction(
+            engine, market_id, "acme/model-1", user_email="ada@example.com"
+        )
         run_config = {
             "ops": {"fulfil_request": {"config": {"request_id": request_id}}},
             "resources": {

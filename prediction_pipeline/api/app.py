@@ -18,9 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from prediction_pipeline.api import errors
+from prediction_pipeline.api import errors, unsubscribe
 from prediction_pipeline.api.body_limit import BodyLimit
 from prediction_pipeline.api.schemas import Accepted, Balance, CreditsIn, PredictionIn, SessionIn
+from prediction_pipeline.core.digests import DEV_UNSUBSCRIBE_SECRET
 from prediction_pipeline.services import api_access, on_demand
 from prediction_pipeline.services.api_access import ApiKey
 from prediction_pipeline.store import migrate
@@ -29,6 +30,7 @@ from prediction_pipeline.store.events import FINAL_EVENTS
 
 MAX_BODY_BYTES = 64 * 1024
 FINAL_STATUS = ("succeeded", "failed", "completed", "partial")
+UNSUBSCRIBE_SECRET_ENV = "PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET"
 RATE_LIMIT_ENV = "PREDICTION_PIPELINE_API_RATE_PER_MINUTE"
 DEFAULT_RATE_PER_MINUTE = 10
 MAX_CLIENT_KEY = 150  # Idempotency-Key; scoped by API key before it reaches the services
@@ -38,8 +40,16 @@ MAX_STREAM_SECONDS = 30 * 60  # a stream ends after this; the client reconnects
 _bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None = None) -> FastAPI:
+def create_app(
+    engine: sa.Engine | None = None,
+    *,
+    rate_per_minute: int | None = None,
+    unsubscribe_secret: str | None = None,
+) -> FastAPI:
     engine = engine or make_engine(default_database_url())
+    # The digests' HMAC key (the same variable as the pipeline's); offline, the dev secret
+    # the outbox digests were signed with.
+    secret = unsubscribe_secret or os.environ.get(UNSUBSCRIBE_SECRET_ENV) or DEV_UNSUBSCRIBE_SECRET
     per_minute = rate_per_minute or int(os.environ.get(RATE_LIMIT_ENV, DEFAULT_RATE_PER_MINUTE))
     app = FastAPI(
         title="prediction_pipeline",
@@ -49,6 +59,7 @@ def create_app(engine: sa.Engine | None = None, *, rate_per_minute: int | None =
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     errors.install(app)
+    app.include_router(unsubscribe.router(engine, secret))
 
     def caller(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
