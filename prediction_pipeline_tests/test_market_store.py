@@ -127,6 +127,17 @@ def test_quality_queries(engine):
 # -- values from outside fitted to their columns (both databases) ---------------------------
 
 
+def test_a_200_character_tag_label_does_not_fail_the_day(engine):
+    """The issue's case: one Gamma record whose category comes from a 200-character tag label
+    failed the whole day on PostgreSQL (DataError, 0 of 11 stored; SQLite stored all 11)."""
+    batch = [_market(f"m{i}") for i in range(10)] + [_market("long", category="T" * 200)]
+    with engine.begin() as conn:
+        market_store.ingest_markets(conn, batch, DAY)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(markets)) == 11
+        assert len(market_store.get_market(conn, "long").category) == 128
+
+
 def test_every_string_is_fitted_to_its_column_and_one_bad_market_never_fails_the_batch(engine):
     """A 200-character tag label used to fail the whole day on PostgreSQL (DataError, 0 of 11
     stored) while SQLite stored all 11: now both store the same fitted values."""
