@@ -522,3 +522,19 @@ def test_page_nested_too_deeply_is_a_clear_error(
     server.enqueue(Reply(body=("[" * 100_000 + "]" * 100_000).encode()))
     with pytest.raises(GammaError, match="nested too deeply"):
         client.fetch_active_markets()
+
+
+def test_lookup_survives_a_record_whose_condition_id_is_not_a_string(
+    client: GammaClient, server: FakeGammaServer
+) -> None:
+    """A list as conditionId used to raise TypeError (unhashable) and abort the look-up."""
+    server.enqueue(
+        Reply(
+            body={
+                "markets": [gamma_market(1, conditionId=["x"]), gamma_market(2)],
+                "next_cursor": None,
+            }
+        )
+    )
+    batch = client.fetch_markets_by_condition_ids([gamma_market(2)["conditionId"]])
+    assert [m.source_id for m in batch.markets] == [gamma_market(2)["conditionId"]]

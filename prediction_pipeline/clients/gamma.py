@@ -276,6 +276,8 @@ def _wanted(item: object, wanted: set[str], seen: set[str]) -> bool:
     if not isinstance(item, dict):
         return True
     cid = item.get("conditionId")
+    if not isinstance(cid, str):  # not an id we asked for (and a list would be unhashable)
+        return False
     return cid in wanted and cid not in seen
 
 
