@@ -423,6 +423,8 @@ def test_hostile_numbers_and_json_strings_skip_only_that_market(
 
 def test_huge_epoch_end_date_is_no_date(modern: dict[str, Any]) -> None:
     assert parse_gamma_datetime(HUGE) is None
+    assert parse_gamma_datetime("9999-12-31T23:00:00-05:00") is None
+    assert parse_gamma_datetime("0001-01-01T00:00:00+05:00") is None
     assert as_market(dict(modern, endDate=HUGE, endDateIso=None)).end_date is None
 
 

@@ -217,7 +217,10 @@ def parse_gamma_datetime(value: object) -> dt.datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past datetime.max in UTC
+        return None
 
 
 def _parse_datetime_text(text: str) -> dt.datetime | None:
