@@ -146,11 +146,14 @@ def test_every_string_is_fitted_to_its_column_and_one_bad_market_never_fails_the
     long_slug = _market("long-slug", slug="s" * 600, description="d\x00" * 3)
     long_slug = long_slug.model_copy(update={"question": "Q\x00?"})
     long_id = _market("x" * 129)  # a key cannot be cut (two markets could merge): rejected
+    nul_id = _market("n\x00ul")
+    batch = [*good, long_label, long_slug, long_id, nul_id]
     with engine.begin() as conn:
-        counts = market_store.ingest_markets(conn, [*good, long_label, long_slug, long_id], DAY)
+        counts = market_store.ingest_markets(conn, batch, DAY)
     assert (counts.new, counts.snapshots, counts.truncated) == (11, 11, 2)
     assert [(s.source_id, s.reason) for s in counts.rejected] == [
-        ("x" * 120, "source_id is longer than 128 characters")
+        ("x" * 120, "source_id is longer than 128 characters"),
+        ("n\x00ul", "source_id contains a NUL character"),
     ]
     with engine.connect() as conn:
         label = market_store.get_market(conn, "long-label")

@@ -78,6 +78,8 @@ def _fit_row(row: dict, table: sa.Table) -> tuple[dict, list[str]]:
             fitted[name] = [_clean_text(v) if isinstance(v, str) else v for v in value]
         if not isinstance(value, str):
             continue
+        if name in _KEY_COLUMNS and "\x00" in value:  # the raw key is what look-ups use
+            raise UnfitValueError(f"{name} contains a NUL character")
         value = _clean_text(value)
         length = getattr(table.c[name].type, "length", None)
         if length is not None and len(value) > length:
