@@ -166,6 +166,9 @@ def _one_clear_line(result) -> str:
             "is binary, not CSV text (line 3)",
         ),
         (b"PK\x03\x04" + b"x" * (2 << 20), "line 1 is longer than 1024 KiB"),
+        # Excel's "Unicode Text" (UTF-16) and an old Mac export (lines end in a bare CR).
+        ("email,name\nann@example.com,Ann\n".encode("utf-16"), "is not UTF-8 text (line 1"),
+        (b"email,name\rann@example.com,Ann\r", "(line 1): lines end in a bare CR"),
     ],
 )
 def test_a_file_that_is_not_utf8_csv_is_one_clear_line(

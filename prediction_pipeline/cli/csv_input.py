@@ -55,8 +55,10 @@ def read_rows(
                 if any(row.values()):
                     yield reader.line_num, row
         except csv.Error as exc:
+            # A bare CR ends the lines of old Mac exports; csv's own message talks of modes.
+            problem = "lines end in a bare CR" if "new-line character" in str(exc) else exc
             raise CsvInputError(
-                f"{path}: not a valid CSV file (line {reader.line_num}): {exc}"
+                f"{path}: not a valid CSV file (line {reader.line_num}): {problem}; {_FIX}"
             ) from None
 
 
@@ -74,6 +76,9 @@ def _text_lines(path: str, handle: BinaryIO) -> Iterator[str]:
             )
         if number == 1 and line.startswith(codecs.BOM_UTF8):
             line = line[len(codecs.BOM_UTF8) :]
+        if number == 1 and line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            # Excel's "Unicode Text": UTF-16, whose NUL bytes do not make it a binary file.
+            raise CsvInputError(f"{path} is not UTF-8 text (line 1, UTF-16): {_FIX}")
         if b"\0" in line:  # valid UTF-8, but no text file holds NUL: a binary file
             raise CsvInputError(f"{path} is binary, not CSV text (line {number}): {_FIX}")
         try:
