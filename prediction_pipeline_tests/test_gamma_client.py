@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import json
 import logging
 from collections.abc import Iterator
 
@@ -487,3 +488,53 @@ def test_policy_validation() -> None:
             waits: list[float] = []
             send_with_retry(http, "GET", "/", policy=policy, sleep=waits.append)
             assert len(waits) == 2 and all(0 <= w <= 0.02 for w in waits)
+
+
+def test_hostile_records_are_skipped_and_the_listing_goes_on(
+    client: GammaClient, server: FakeGammaServer
+) -> None:
+    """Numbers too large for a float or for int() and a JSON-string field nested thousands
+    deep, in the raw page text, cost their own market only; the next page is still read."""
+    good = [json.dumps(gamma_market(i)) for i in range(3)]
+    huge_volume = json.dumps(gamma_market(10, volumeNum="HUGE")).replace('"HUGE"', "9" * 5000)
+    huge_price = json.dumps(gamma_market(11, outcomePrices="[1" + "0" * 400 + ", 0]"))
+    deep = json.dumps(gamma_market(12, outcomes="[" * 5000 + "]" * 5000))
+    records = ", ".join([good[0], huge_volume, good[1], huge_price, deep, good[2]])
+    page = '{"markets": [' + records + '], "next_cursor": "page-2"}'
+    server.enqueue(
+        Reply(body=page.encode(), headers={"Content-Type": "application/json"}),
+        Reply(body={"markets": [gamma_market(4)], "next_cursor": None}),
+    )
+    batch = client.fetch_active_markets()
+    assert {m.source_id for m in batch.markets} == {
+        gamma_market(i)["conditionId"] for i in (0, 1, 2, 4)
+    }
+    reasons = {s.source_id: s.reason for s in batch.skipped}
+    assert sorted(reasons) == [gamma_market(i)["conditionId"] for i in (10, 11, 12)]
+    assert "volumeNum is out of range" in reasons[gamma_market(10)["conditionId"]]
+    assert "not a list of prices" in reasons[gamma_market(11)["conditionId"]]
+    assert reasons[gamma_market(12)["conditionId"]] == "outcomes is nested too deeply"
+
+
+def test_page_nested_too_deeply_is_a_clear_error(
+    client: GammaClient, server: FakeGammaServer
+) -> None:
+    server.enqueue(Reply(body=("[" * 100_000 + "]" * 100_000).encode()))
+    with pytest.raises(GammaError, match="nested too deeply"):
+        client.fetch_active_markets()
+
+
+def test_lookup_survives_a_record_whose_condition_id_is_not_a_string(
+    client: GammaClient, server: FakeGammaServer
+) -> None:
+    """A list as conditionId used to raise TypeError (unhashable) and abort the look-up."""
+    server.enqueue(
+        Reply(
+            body={
+                "markets": [gamma_market(1, conditionId=["x"]), gamma_market(2)],
+                "next_cursor": None,
+            }
+        )
+    )
+    batch = client.fetch_markets_by_condition_ids([gamma_market(2)["conditionId"]])
+    assert [m.source_id for m in batch.markets] == [gamma_market(2)["conditionId"]]

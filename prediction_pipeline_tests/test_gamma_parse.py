@@ -386,3 +386,67 @@ def test_parse_markets_dedup_spans_calls(modern: dict[str, Any]) -> None:
 def test_parse_markets_empty() -> None:
     batch = parse_markets([])
     assert batch.markets == [] and batch.skipped == []
+
+
+# -- hostile values: one record skipped, never the page --------------------------------------
+
+HUGE = 10**400  # a 400-digit integer: fine for Python, too large for a float or a database
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"volumeNum": HUGE}, "volumeNum is out of range"),
+        ({"volumeNum": None, "volume": "9" * 400}, "volume is out of range"),
+        ({"liquidityNum": float("inf")}, "liquidityNum is out of range"),
+        ({"volumeNum": "1e400"}, "volumeNum is out of range"),
+        ({"volumeNum": 2e15}, "volumeNum is out of range"),
+        ({"outcomePrices": [HUGE, 0]}, "not a list of prices"),
+        ({"outcomePrices": "[1" + "0" * 400 + ", 0]"}, "not a list of prices"),
+        ({"outcomePrices": '["1' + "0" * 400 + '", "0"]'}, "not a list of prices"),
+        ({"outcomes": "[" * 4000 + "]" * 4000}, "outcomes is nested too deeply"),
+        ({"outcomePrices": "[" * 4000 + "]" * 4000}, "outcomePrices is nested too deeply"),
+        ({"outcomes": json.dumps(["Yes", "No", *["x"] * 5000])}, "outcomes is too long"),
+    ],
+)
+def test_hostile_numbers_and_json_strings_skip_only_that_market(
+    modern: dict[str, Any], overrides: dict[str, Any], reason: str
+) -> None:
+    bad = dict(modern, conditionId="0xbad", **overrides)
+    other = dict(modern, conditionId="0xgood")
+    batch = parse_markets([modern, bad, other])
+    assert [m.source_id for m in batch.markets] == [modern["conditionId"], "0xgood"]
+    [skipped] = batch.skipped
+    assert skipped.source_id == "0xbad" and reason in skipped.reason
+    assert len(skipped.reason) < 300  # the bad value is not repeated in full
+
+
+def test_huge_epoch_end_date_is_no_date(modern: dict[str, Any]) -> None:
+    assert parse_gamma_datetime(HUGE) is None
+    assert parse_gamma_datetime("9999-12-31T23:00:00-05:00") is None
+    assert parse_gamma_datetime("0001-01-01T00:00:00+05:00") is None
+    assert as_market(dict(modern, endDate=HUGE, endDateIso=None)).end_date is None
+
+
+def test_decode_json_list_bounds_numbers_and_depth() -> None:
+    # Python refuses int() of more than 4300 digits; such a number decodes as a float.
+    assert decode_json_list("[" + "9" * 5000 + "]", "f") == [float("inf")]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        decode_json_list("[" * 5000 + "]" * 5000, "f")
+
+
+def test_any_other_error_in_one_record_skips_it(modern: dict[str, Any]) -> None:
+    class Exploding(dict):
+        def get(self, key: str, default: object = None) -> object:
+            if key == "events":
+                raise RuntimeError("boom")
+            return super().get(key, default)
+
+    batch = parse_markets([Exploding(modern), dict(modern, conditionId="0xgood")])
+    assert [m.source_id for m in batch.markets] == ["0xgood"]
+    assert batch.skipped[0].reason == "unparseable market (RuntimeError: 'boom')"
+
+
+def test_reported_ids_are_bounded(modern: dict[str, Any]) -> None:
+    skipped = as_skipped(dict(modern, conditionId="0x" + "f" * 10_000, question=""))
+    assert len(skipped.source_id) <= 120

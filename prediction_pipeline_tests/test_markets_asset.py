@@ -123,3 +123,48 @@ def test_polymarket_source_through_the_asset(database_url, engine):
             )
         )
     assert status == "closed"
+
+
+def test_hostile_gamma_records_cost_only_themselves(database_url, engine):
+    """Bad records among good ones on one Gamma page, through the asset on both databases:
+    every good market is stored, long text is cut to its column and counted, and the
+    records that cannot be stored (huge numbers, JSON nested thousands deep, an id longer
+    than its column) are skipped and counted. On the old code one of them failed the run."""
+    from prediction_pipeline_tests.fakes.gamma_server import FakeGammaServer, gamma_market
+
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    good = [gamma_market(i) for i in range(20)]
+    long_label = gamma_market(100, events=[{"tags": [{"label": "T" * 200}]}])
+    nul_question = gamma_market(101, question="Will\x00 it happen?")
+    hostile = [
+        gamma_market(102, volumeNum=10**400),
+        gamma_market(103, outcomePrices="[1" + "0" * 400 + ", 0]"),
+        gamma_market(104, outcomes="[" * 5000 + "]" * 5000),
+        gamma_market(105, conditionId="0x" + "f" * 198),
+    ]
+    records = good[:10] + [long_label, *hostile, nul_question] + good[10:]
+    with FakeGammaServer(records) as server:
+        result = dg.materialize(
+            [markets],
+            partition_key=today,
+            resources={
+                "app_db": AppDatabase(url=database_url),
+                "market_source": MarketSourceResource(kind="polymarket", gamma_url=server.url),
+            },
+        )
+    assert result.success
+    meta = result.asset_materializations_for_node("markets")[0].metadata
+    assert (meta["markets"].value, meta["skipped"].value, meta["truncated"].value) == (22, 4, 1)
+    with engine.connect() as conn:
+        stored = dict(
+            conn.execute(sa.select(markets_table.c.source_id, markets_table.c.category)).all()
+        )
+        question = conn.scalar(
+            sa.select(markets_table.c.question).where(
+                markets_table.c.source_id == nul_question["conditionId"]
+            )
+        )
+    expected = {r["conditionId"] for r in [*good, long_label, nul_question]}
+    assert set(stored) == expected
+    assert stored[long_label["conditionId"]] == "T" * 127 + "…"
+    assert question == "Will it happen?"

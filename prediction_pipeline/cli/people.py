@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
 import click
+import sqlalchemy as sa
 
 from prediction_pipeline.cli.base import Context, main
+from prediction_pipeline.cli.csv_input import read_rows
 from prediction_pipeline.core.digests import normalize_email
+from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import users as user_store
+
+T = TypeVar("T")
 
 
 @main.group()
@@ -14,31 +23,15 @@ def users() -> None:
     """Digest recipients (emails are stored stripped and lower-cased)."""
 
 
-def _read_csv(path: str, required: set[str]) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs of a CSV file with a header line; column names are
-    case-insensitive, blank lines are skipped. Raises a ClickException naming missing columns."""
-    import csv
+# Rows per statement while importing: memory stays flat however long the file is.
+_IMPORT_BATCH = 500
+_SHOWN_ERRORS = 50
 
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {(c or "").strip().lower() for c in reader.fieldnames or []}
-        missing = required - columns
-        if missing:
-            raise click.ClickException(
-                f"{path}: missing column(s) {', '.join(sorted(missing))}; "
-                f"found {', '.join(sorted(columns)) or 'none'}"
-            )
-        rows = []
-        for row in reader:
-            # Extra cells beyond the header land under the key None: ignore them.
-            cells = {
-                k.strip().lower(): (v or "").strip()
-                for k, v in row.items()
-                if isinstance(k, str) and not isinstance(v, list)
-            }
-            if any(cells.values()):
-                rows.append((reader.line_num, cells))
-        return rows
+
+def _batches(rows: Iterable[T]) -> Iterator[list[T]]:
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, _IMPORT_BATCH)):
+        yield batch
 
 
 def _bool(value: str, default: bool) -> bool:
@@ -52,16 +45,32 @@ def _bool(value: str, default: bool) -> bool:
     raise ValueError(f"not a boolean: {value!r} (use true/false)")
 
 
-def _report_invalid(errors: list[str], skip_invalid: bool, what: str) -> None:
-    for error in errors[:50]:
-        click.echo(f"  {error}", err=True)
-    if len(errors) > 50:
-        click.echo(f"  ... and {len(errors) - 50} more", err=True)
-    if errors and not skip_invalid:
-        raise click.ClickException(
-            f"{len(errors)} invalid row(s): nothing imported (fix them, or pass --skip-invalid "
-            f"to import the valid {what})"
-        )
+class _InvalidRows:
+    """The invalid rows of an import: how many, and the first messages to show."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shown: list[str] = []
+
+    def add(self, line: int, error: Exception) -> None:
+        self.count += 1
+        if len(self.shown) < _SHOWN_ERRORS:
+            self.shown.append(f"line {line}: {str(error)[:200]}")
+
+    def report(self, skip_invalid: bool, what: str) -> None:
+        """Print them; unless `skip_invalid`, fail (the caller's transaction rolls back)."""
+        for message in self.shown:
+            click.echo(f"  {message}", err=True)
+        if self.count > len(self.shown):
+            click.echo(f"  ... and {self.count - len(self.shown)} more", err=True)
+        if self.count and not skip_invalid:
+            raise click.ClickException(
+                f"{self.count} invalid row(s): nothing imported (fix them, or pass "
+                f"--skip-invalid to import the valid {what})"
+            )
+
+    def suffix(self) -> str:
+        return f", {self.count} invalid rows skipped" if self.count else ""
 
 
 @users.command("add")
@@ -110,24 +119,30 @@ def users_import(obj: Context, file: str, skip_invalid: bool) -> None:
     unsubscribed); a non-empty name updates theirs. digest_opt_in (true/false, default true)
     applies to new users.
     """
-    new_users, errors = [], []
-    for line, row in _read_csv(file, {"email"}):
-        try:
-            new_users.append(
-                user_store.NewUser(
-                    email=normalize_email(row.get("email", "")),
-                    name=row.get("name") or None,
-                    digest_opt_in=_bool(row.get("digest_opt_in", ""), True),
-                )
-            )
-        except ValueError as exc:
-            errors.append(f"line {line}: {exc}")
-    _report_invalid(errors, skip_invalid, "users")
+    invalid = _InvalidRows()
+    created = updated = unchanged = 0
+    # One transaction, written a batch at a time as the file is read: an invalid row found
+    # late still means nothing imported (the rollback), and memory does not grow with the file.
     with obj.engine.begin() as conn:
-        counts = user_store.upsert_users(conn, new_users)
+        for batch in _batches(read_rows(file, {"email"})):
+            new_users = []
+            for line, row in batch:
+                try:
+                    new_users.append(
+                        user_store.NewUser(
+                            email=normalize_email(row.get("email", "")),
+                            name=row.get("name") or None,
+                            digest_opt_in=_bool(row.get("digest_opt_in", ""), True),
+                        )
+                    )
+                except ValueError as exc:
+                    invalid.add(line, exc)
+            counts = user_store.upsert_users(conn, new_users)
+            created, updated = created + counts.created, updated + counts.updated
+            unchanged += counts.unchanged
+        invalid.report(skip_invalid, "users")
     click.echo(
-        f"users: {counts.created} added, {counts.updated} updated, {counts.unchanged} unchanged"
-        + (f", {len(errors)} invalid rows skipped" if errors else "")
+        f"users: {created} added, {updated} updated, {unchanged} unchanged" + invalid.suffix()
     )
 
 
@@ -220,37 +235,43 @@ def watchlist_list(obj: Context, email: str | None) -> None:
 def watchlist_import(obj: Context, file: str, skip_invalid: bool) -> None:
     """Import watched markets from a CSV with columns email,market_id (the users must exist:
     `users import` first; market_id is our internal id or the source id)."""
-    rows = _read_csv(file, {"email"})
-    if rows and "market_id" not in rows[0][1] and "market" not in rows[0][1]:
-        raise click.ClickException(f"{file}: missing column market_id")
-    pairs, errors = [], []
-    with obj.engine.begin() as conn:
-        user_ids: dict[str, int | None] = {}
-        market_ids: dict[str, int | None] = {}
-        for line, row in rows:
-            ref = row.get("market_id") or row.get("market") or ""
-            try:
-                email = normalize_email(row.get("email", ""))
-                if email not in user_ids:
-                    user = user_store.get_user(conn, email)
-                    user_ids[email] = user.id if user else None
-                if user_ids[email] is None:
-                    raise ValueError(f"no user {email!r} (import users first)")
-                if not ref:
-                    raise ValueError("empty market_id")
-                if ref not in market_ids:
-                    try:
-                        market_ids[ref] = user_store.resolve_market(conn, ref)
-                    except user_store.UnknownMarketError:
-                        market_ids[ref] = None
-                if market_ids[ref] is None:
-                    raise ValueError(f"no market {ref!r} (by internal id or source id)")
-                pairs.append((user_ids[email], market_ids[ref]))
-            except ValueError as exc:
-                errors.append(f"line {line}: {exc}")
-        _report_invalid(errors, skip_invalid, "rows")
-        added = user_store.add_watch_items(conn, pairs)
-    click.echo(
-        f"watchlist: {added} added, {len(set(pairs)) - added} already watched"
-        + (f", {len(errors)} invalid rows skipped" if errors else "")
-    )
+    invalid = _InvalidRows()
+    added = already = 0
+    rows = read_rows(file, {"email"}, one_of={"market_id", "market"})
+    with obj.engine.begin() as conn:  # one transaction, batch by batch (see users import)
+        for batch in _batches(rows):
+            pairs = _watch_pairs(conn, batch, invalid)
+            new = user_store.add_watch_items(conn, pairs)
+            added, already = added + new, already + len(set(pairs)) - new
+        invalid.report(skip_invalid, "rows")
+    click.echo(f"watchlist: {added} added, {already} already watched" + invalid.suffix())
+
+
+def _watch_pairs(
+    conn: sa.Connection, batch: list[tuple[int, dict[str, str]]], invalid: _InvalidRows
+) -> list[tuple[int, int]]:
+    """(user id, market id) of each valid row of `batch` (two look-up queries a batch)."""
+    parsed = []
+    for line, row in batch:
+        try:
+            parsed.append((line, normalize_email(row.get("email", "")), _market_ref(row)))
+        except ValueError as exc:
+            invalid.add(line, exc)
+    user_ids = user_store.user_ids(conn, {email for _, email, _ in parsed})
+    market_ids = market_store.market_ids(conn, {ref for _, _, ref in parsed})
+    pairs = []
+    for line, email, ref in parsed:
+        if email not in user_ids:
+            invalid.add(line, ValueError(f"no user {email!r} (import users first)"))
+        elif ref not in market_ids:
+            invalid.add(line, ValueError(f"no market {ref!r} (by internal id or source id)"))
+        else:
+            pairs.append((user_ids[email], market_ids[ref]))
+    return pairs
+
+
+def _market_ref(row: dict[str, str]) -> str:
+    ref = row.get("market_id") or row.get("market") or ""
+    if not ref:
+        raise ValueError("empty market_id")
+    return ref

@@ -6,8 +6,10 @@ Uses `GET /markets/keyset` (the legacy offset-paginated `GET /markets` is deprec
 empty, or a page has no markets.
 
 Every request goes through the shared retry policy (`clients.http_retry`). A malformed *page*
-(not JSON, no `markets` list) or a non-retryable status raises `GammaError`; a malformed
-*market* is skipped by `core.gamma` and counted in `MarketBatch.skipped`.
+(not JSON, nested too deeply to decode, no `markets` list) or a non-retryable status raises
+`GammaError`; a malformed *market* (huge numbers, hostile JSON-string fields included) is
+skipped by `core.gamma` and counted in `MarketBatch.skipped`. Pages are decoded with
+`core.gamma.loads_bounded`, so a number of any length in one record cannot fail the page.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from prediction_pipeline.clients.http_retry import (
     RetryStats,
     send_with_retry,
 )
-from prediction_pipeline.core.gamma import parse_markets
+from prediction_pipeline.core.gamma import loads_bounded, parse_markets
 from prediction_pipeline.core.markets import MarketBatch
 
 logger = logging.getLogger(__name__)
@@ -252,11 +254,17 @@ class GammaClient:
                 status=response.status_code,
             )
         try:
-            return response.status_code, response.json()
-        except ValueError as exc:
+            return response.status_code, loads_bounded(response.content)
+        except ValueError as exc:  # JSONDecodeError, undecodable bytes
             raise GammaError(
                 f"Gamma GET {path}: response is not JSON "
                 f"(content-type {response.headers.get('content-type')!r})",
+                path=path,
+                status=response.status_code,
+            ) from exc
+        except RecursionError as exc:
+            raise GammaError(
+                f"Gamma GET {path}: response is nested too deeply to decode",
                 path=path,
                 status=response.status_code,
             ) from exc
@@ -268,6 +276,8 @@ def _wanted(item: object, wanted: set[str], seen: set[str]) -> bool:
     if not isinstance(item, dict):
         return True
     cid = item.get("conditionId")
+    if not isinstance(cid, str):  # not an id we asked for (and a list would be unhashable)
+        return False
     return cid in wanted and cid not in seen
 
 

@@ -17,7 +17,10 @@ pipeline needs to know about them:
 - Modern markets have no `category`; their tags live on the parent event (`events[0]`).
 
 A record that cannot become a `Market` becomes a `SkippedMarket` with a reason: one bad record
-never fails a batch. This module imports no HTTP library.
+never fails a batch. That includes hostile values: JSON numbers too large for a float
+(`1e400`, a 400-digit integer), volumes beyond `MAX_AMOUNT`, JSON-string fields longer than
+`MAX_JSON_FIELD_CHARS` or nested too deeply to decode, and any other error raised while
+parsing one record. This module imports no HTTP library.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import datetime as dt
 import json
 import math
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -41,6 +45,21 @@ from prediction_pipeline.core.markets import (
 SOURCE = "polymarket"
 
 _UNKNOWN_ID = "?"
+_MAX_ID_CHARS = 120  # how much of a record's id a skip report repeats
+# Gamma's JSON-string fields hold a handful of short items (two outcomes, two prices, two
+# token ids); anything far longer is not a market record we can use.
+MAX_JSON_FIELD_CHARS = 10_000
+# The largest volume or liquidity we believe (USD): Polymarket's biggest markets are in the
+# billions; beyond this the value is corrupt, and the market is skipped rather than stored.
+MAX_AMOUNT = 1e15
+# Integers longer than this in Gamma's JSON are decoded as floats (they can only be out of
+# range anyway), so a huge number never hits Python's int-digit limit or float overflow.
+_MAX_INT_DIGITS = 20
+# Reprs of bad values in skip reasons stay short and never recurse deeply.
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 80
+_short.maxlist = 6
+_short.maxlevel = 2
 _PRICE_EPSILON = 1e-9
 # A trailing UTC offset written as "+00" or "-0530" (no colon); fromisoformat in 3.11 accepts
 # these too, but normalising keeps the parser independent of that detail.
@@ -69,6 +88,11 @@ def parse_market(raw: object) -> Market | SkippedMarket:
             for err in exc.errors()
         )
         return SkippedMarket(source_id=source_id, reason=f"invalid market: {problems}")
+    except Exception as exc:  # noqa: BLE001 (one hostile record must not fail the page)
+        return SkippedMarket(
+            source_id=source_id,
+            reason=f"unparseable market ({type(exc).__name__}: {_short.repr(str(exc))})",
+        )
 
 
 def parse_markets(items: Iterable[object], *, seen_ids: set[str] | None = None) -> MarketBatch:
@@ -98,22 +122,36 @@ def parse_markets(items: Iterable[object], *, seen_ids: set[str] | None = None) 
 
 
 def record_id(raw: object) -> str:
-    """The best identifier of a raw record for reporting: conditionId, else id, else "?"."""
+    """The best identifier of a raw record for reporting: conditionId, else id, else "?".
+
+    Cut to `_MAX_ID_CHARS`: a hostile id must not flood the logs.
+    """
     if isinstance(raw, Mapping):
         for key in ("conditionId", "id"):
             value = raw.get(key)
             if isinstance(value, str) and value.strip():
-                return value.strip()
+                return value.strip()[:_MAX_ID_CHARS]
             if isinstance(value, int) and not isinstance(value, bool):
-                return str(value)
+                return str(value)[:_MAX_ID_CHARS] if value.bit_length() < 256 else "?"
     return _UNKNOWN_ID
+
+
+def loads_bounded(text: str | bytes) -> Any:
+    """`json.loads` for Gamma's JSON: integers longer than `_MAX_INT_DIGITS` digits become
+    floats (so `int("9" * 5000)` never raises and a 400-digit volume becomes inf, which the
+    range checks reject). Nesting too deep for the decoder still raises RecursionError."""
+    return json.loads(text, parse_int=_parse_int)
+
+
+def _parse_int(digits: str) -> int | float:
+    return int(digits) if len(digits) <= _MAX_INT_DIGITS else float(digits)
 
 
 def decode_json_list(value: object, field: str) -> list[Any] | None:
     """Decode a Gamma list field that is usually a JSON string, sometimes a real list.
 
     Returns None when the field is missing, null or an empty string; raises ValueError when it
-    is present but not a list.
+    is present but not a list, longer than `MAX_JSON_FIELD_CHARS`, or nested too deeply.
     """
     if value is None:
         return None
@@ -121,10 +159,14 @@ def decode_json_list(value: object, field: str) -> list[Any] | None:
         text = value.strip()
         if not text:
             return None
+        if len(text) > MAX_JSON_FIELD_CHARS:
+            raise ValueError(f"{field} is too long ({len(text)} characters)")
         try:
-            value = json.loads(text)
+            value = loads_bounded(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{field} is not valid JSON: {text[:80]!r}") from exc
+        except RecursionError as exc:
+            raise ValueError(f"{field} is nested too deeply") from exc
     if isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, list):
@@ -160,10 +202,10 @@ def parse_gamma_datetime(value: object) -> dt.datetime | None:
     elif isinstance(value, dt.date):
         parsed = dt.datetime(value.year, value.month, value.day)
     elif isinstance(value, int | float):
-        if not math.isfinite(value):
-            return None
-        seconds = value / 1000 if value > 1e11 else value  # milliseconds vs seconds
         try:
+            if not math.isfinite(value):  # OverflowError for ints beyond a float
+                return None
+            seconds = value / 1000 if value > 1e11 else value  # milliseconds vs seconds
             return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
         except (OverflowError, OSError, ValueError):
             return None
@@ -175,7 +217,10 @@ def parse_gamma_datetime(value: object) -> dt.datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past datetime.max in UTC
+        return None
 
 
 def _parse_datetime_text(text: str) -> dt.datetime | None:
@@ -255,10 +300,10 @@ def _outcomes(raw: Mapping[str, Any]) -> list[str]:
     if not outcomes:
         raise _Skip("missing outcomes")
     if not all(isinstance(name, str) for name in outcomes):
-        raise _Skip(f"outcomes are not strings: {outcomes!r}")
+        raise _Skip(f"outcomes are not strings: {_short.repr(outcomes)}")
     names = sorted(name.strip().lower() for name in outcomes)
     if names != ["no", "yes"]:
-        raise _Skip(f"outcomes are not a Yes/No pair: {outcomes!r}")
+        raise _Skip(f"outcomes are not a Yes/No pair: {_short.repr(outcomes)}")
     return outcomes
 
 
@@ -276,7 +321,7 @@ def _prices(raw: Mapping[str, Any], n_outcomes: int) -> list[float] | None:
     for price in prices:
         value = _to_float(price)
         if value is None or not 0.0 <= value <= 1.0:
-            raise _Skip(f"outcomePrices is not a list of prices in [0, 1]: {prices!r}")
+            raise _Skip(f"outcomePrices is not a list of prices in [0, 1]: {_short.repr(prices)}")
         values.append(value)
     return values
 
@@ -340,27 +385,38 @@ def _category(
 
 
 def _amount(raw: Mapping[str, Any], num_field: str, text_field: str) -> float:
-    """Prefer the float field, fall back to the string field; missing or invalid -> 0."""
+    """Prefer the float field, fall back to the string field; missing or invalid -> 0.
+
+    A number that is infinite or above `MAX_AMOUNT` is corrupt, not missing: the market is
+    skipped rather than stored with a made-up volume.
+    """
     for field in (num_field, text_field):
         value = _to_float(raw.get(field))
+        if value is not None and (math.isinf(value) or value > MAX_AMOUNT):
+            raise _Skip(f"{field} is out of range: {_short.repr(raw.get(field))}")
         if value is not None and value >= 0:
             return value
     return 0.0
 
 
 def _to_float(value: object) -> float | None:
+    """A JSON number or numeric string as a float: None when it is not a number (or NaN),
+    +/-inf when it is too large for a float (`float(10**400)` would raise OverflowError)."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf if value > 0 else -math.inf
     elif isinstance(value, str):
         try:
-            number = float(value.strip())
+            number = float(value.strip())  # "1e400" and 400 digits give inf, not an error
         except ValueError:
             return None
     else:
         return None
-    return number if math.isfinite(number) else None
+    return None if math.isnan(number) else number
 
 
 def _truthy(value: object) -> bool:

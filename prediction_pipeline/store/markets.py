@@ -1,14 +1,21 @@
-"""Service functions for markets and their daily price snapshots (idempotent upserts)."""
+"""Service functions for markets and their daily price snapshots (idempotent upserts).
+
+Every value a source sends is fitted to its column here, in one place driven by the column
+lengths in `store/tables.py` (`_fit_row`): NUL characters (which PostgreSQL cannot store) are
+dropped, text too long for its column is cut with "…" and counted, and a market whose key
+(`source_id`) does not fit is rejected and reported. One bad record never fails a batch,
+and SQLite (which ignores VARCHAR lengths) stores exactly what PostgreSQL does.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from prediction_pipeline.core.markets import Market, MarketStatus
+from prediction_pipeline.core.markets import Market, MarketStatus, SkippedMarket
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import market_snapshots, markets
 
@@ -24,6 +31,8 @@ class IngestCounts:
     resolved: int = 0  # markets that became resolved with this ingest
     stale: int = 0  # rows left alone: a newer day already wrote them
     snapshots: int = 0
+    truncated: int = 0  # markets stored with at least one value cut to its column
+    rejected: tuple[SkippedMarket, ...] = field(default=())  # key too long: not stored
 
 
 _TRACKED = (
@@ -43,6 +52,43 @@ _TRACKED = (
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# Values that identify a market or carry a fixed vocabulary: cutting one could merge two
+# markets or change a meaning, so a value too long for one of these rejects the market.
+_KEY_COLUMNS = frozenset({"source", "source_id", "status", "resolved_outcome"})
+_ELLIPSIS = "…"
+
+
+class UnfitValueError(ValueError):
+    """A key value does not fit its column: the market cannot be stored."""
+
+
+def _clean_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; drop it on both databases so that they agree.
+    return value.replace("\x00", "")
+
+
+def _fit_row(row: dict, table: sa.Table) -> tuple[dict, list[str]]:
+    """`row` with every string fitted to its column of `table`, and the names of the columns
+    whose value was cut. Raises UnfitValueError when a key column's value is too long."""
+    fitted, cut = dict(row), []
+    for name, value in row.items():
+        if isinstance(value, list):  # JSON lists (tags, outcomes): no length, only NULs
+            fitted[name] = [_clean_text(v) if isinstance(v, str) else v for v in value]
+        if not isinstance(value, str):
+            continue
+        if name in _KEY_COLUMNS and "\x00" in value:  # the raw key is what look-ups use
+            raise UnfitValueError(f"{name} contains a NUL character")
+        value = _clean_text(value)
+        length = getattr(table.c[name].type, "length", None)
+        if length is not None and len(value) > length:
+            if name in _KEY_COLUMNS:
+                raise UnfitValueError(f"{name} is longer than {length} characters")
+            value = value[: length - len(_ELLIPSIS)] + _ELLIPSIS
+            cut.append(name)
+        fitted[name] = value
+    return fitted, cut
 
 
 def _row(market: Market, day: dt.date, now: dt.datetime) -> dict:
@@ -94,11 +140,23 @@ def ingest_markets(
     now = observed_at or dt.datetime.now(dt.UTC)
     by_key = {(m.source, m.source_id): m for m in batch}  # last one wins on duplicates
     counts = dict.fromkeys(
-        ("new", "updated", "unchanged", "closed", "resolved", "stale", "snapshots"), 0
+        ("new", "updated", "unchanged", "closed", "resolved", "stale", "snapshots", "truncated"),
+        0,
     )
+    rejected: list[SkippedMarket] = []
     keys = list(by_key)
     for chunk in _chunks(keys):
-        rows = {key: _row(by_key[key], day, now) for key in chunk}
+        rows = {}
+        for key in chunk:
+            try:
+                rows[key], cut = _fit_row(_row(by_key[key], day, now), markets)
+            except UnfitValueError as exc:
+                rejected.append(SkippedMarket(source_id=key[1][:120], reason=str(exc)))
+                continue
+            counts["truncated"] += bool(cut)
+        chunk = list(rows)
+        if not chunk:
+            continue
         existing = _existing(conn, chunk)
         to_write = []
         for key, row in rows.items():
@@ -145,7 +203,7 @@ def ingest_markets(
             snapshots,
         ).all()
         counts["snapshots"] += len(snapshots)
-    return IngestCounts(**counts)
+    return IngestCounts(**counts, rejected=tuple(rejected))
 
 
 def _upsert_market_rows(conn: sa.Connection, rows: list[dict]) -> None:
@@ -203,15 +261,67 @@ def list_markets(
     return list(conn.execute(query))
 
 
+_MAX_INTERNAL_ID = 2**31 - 1  # markets.id is a 32-bit INTEGER on PostgreSQL
+
+
+def _internal_id(ref: str) -> int | None:
+    """`ref` as an internal id, or None. ASCII digits only ("²".isdigit() is True, and int()
+    refuses it), within the id column's range (a 30-digit number overflows SQLite)."""
+    if ref.isascii() and ref.isdigit() and len(ref) <= len(str(_MAX_INTERNAL_ID)):
+        number = int(ref)
+        if 0 < number <= _MAX_INTERNAL_ID:
+            return number
+    return None
+
+
+def _may_be_source_id(ref: str) -> bool:
+    # Anything longer than the column, or holding NUL (PostgreSQL refuses it), cannot match.
+    return bool(ref) and len(ref) <= markets.c.source_id.type.length and "\x00" not in ref
+
+
+def _ref_conditions(refs: Iterable[str]) -> list[sa.ColumnElement[bool]]:
+    refs = list(refs)
+    source_ids = [ref for ref in refs if _may_be_source_id(ref)]
+    internal = [i for i in map(_internal_id, refs) if i is not None]
+    conditions = []
+    if source_ids:
+        conditions.append(markets.c.source_id.in_(source_ids))
+    if internal:
+        conditions.append(markets.c.id.in_(internal))
+    return conditions
+
+
 def get_market(conn: sa.Connection, market_ref: str | int) -> sa.Row | None:
-    """A market by internal id or by source id."""
-    ref = str(market_ref)
-    query = sa.select(markets).where(markets.c.source_id == ref)
-    if ref.isdigit():
-        query = sa.select(markets).where(
-            sa.or_(markets.c.id == int(ref), markets.c.source_id == ref)
-        )
-    return conn.execute(query.order_by(markets.c.id).limit(1)).first()
+    """A market by internal id or by source id; None when there is none (whatever the ref:
+    a ref that cannot be an id or a source id simply matches nothing)."""
+    ref = str(market_ref).strip()
+    conditions = _ref_conditions([ref])
+    if not conditions:
+        return None
+    # The same ref may be one market's id and another's source id: the lowest id wins.
+    query = sa.select(markets).where(sa.or_(*conditions)).order_by(markets.c.id).limit(1)
+    return conn.execute(query).first()
+
+
+def market_ids(conn: sa.Connection, market_refs: Iterable[str]) -> dict[str, int]:
+    """Internal ids of many refs (internal id or source id) in one query, as `get_market`
+    would resolve each one; refs that match no market are absent."""
+    refs = {str(ref).strip() for ref in market_refs}
+    conditions = _ref_conditions(refs)
+    if not conditions:
+        return {}
+    by_id, by_source_id = {}, {}
+    query = sa.select(markets.c.id, markets.c.source_id).where(sa.or_(*conditions))
+    for row in conn.execute(query.order_by(markets.c.id)):
+        by_id[row.id] = row.id
+        by_source_id.setdefault(row.source_id, row.id)
+    found = {}
+    for ref in refs:
+        candidates = [by_id.get(_internal_id(ref)), by_source_id.get(ref)]
+        matches = [c for c in candidates if c is not None]
+        if matches:
+            found[ref] = min(matches)  # the lowest id wins, as in get_market
+    return found
 
 
 # -- data-quality queries behind the asset checks -------------------------------------------

@@ -63,6 +63,15 @@ def get_user(conn: sa.Connection, email: str) -> User | None:
     return _user(row) if row else None
 
 
+def user_ids(conn: sa.Connection, emails: Iterable[str]) -> dict[str, int]:
+    """Ids of the users with these (normalised) emails, in one query; unknown ones absent."""
+    wanted = list(set(emails))
+    if not wanted:
+        return {}
+    query = sa.select(users.c.email, users.c.id).where(users.c.email.in_(wanted))
+    return {row.email: row.id for row in conn.execute(query)}
+
+
 def get_user_by_id(conn: sa.Connection, user_id: int) -> User | None:
     row = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
     return _user(row) if row else None

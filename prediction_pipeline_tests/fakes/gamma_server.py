@@ -256,7 +256,7 @@ def _sort_key(market: Any, order: str) -> float:
         return 0.0
     try:
         return float(market.get(order) or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # hostile records travel in pages too
         return 0.0
 
 

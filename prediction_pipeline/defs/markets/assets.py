@@ -64,24 +64,28 @@ def markets(
     batch = active.markets + refreshed.markets
     with app_db.begin() as conn:
         counts = market_store.ingest_markets(conn, batch, day)
+    for skipped in counts.rejected:
+        context.log.warning(f"skipped market {skipped.source_id}: {skipped.reason}")
     with app_db.connect() as conn:
         check_results = evaluate_checks(conn, day)
-    skipped_total = len(active.skipped) + len(refreshed.skipped)
+    skipped_total = len(active.skipped) + len(refreshed.skipped) + len(counts.rejected)
+    stored = len(batch) - len(counts.rejected)
     context.log.info(
-        f"{day}: {len(batch)} markets ({counts.new} new, {counts.updated} updated, "
+        f"{day}: {stored} markets ({counts.new} new, {counts.updated} updated, "
         f"{counts.closed} closed, {counts.resolved} resolved), {skipped_total} skipped"
     )
     return dg.MaterializeResult(
         check_results=check_results,
         metadata={
             "source": source.name,
-            "markets": len(batch),
+            "markets": stored,
             "new": counts.new,
             "updated": counts.updated,
             "unchanged": counts.unchanged,
             "closed": counts.closed,
             "resolved": counts.resolved,
             "skipped": skipped_total,
+            "truncated": counts.truncated,  # stored with a value cut to fit its column
             "looked_up": len(to_refresh),
             "stale_not_overwritten": counts.stale,
             "snapshots": counts.snapshots,
