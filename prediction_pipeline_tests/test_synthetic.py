@@ -1,10 +1,15 @@
 import datetime as dt
+import math
 from collections import Counter
 
+import numpy as np
+
 from prediction_pipeline.core.markets import MarketStatus
-from prediction_pipeline.core.synthetic import SyntheticUniverse
+from prediction_pipeline.core.scoring import expected_calibration_error
+from prediction_pipeline.core.synthetic import EPOCH, SyntheticUniverse
 
 DAY = dt.date(2026, 11, 2)
+FAR_FUTURE = dt.date(2040, 1, 1)  # every market in these tests has resolved by then
 
 
 def test_same_day_same_data_across_instances():
@@ -53,3 +58,53 @@ def test_markets_close_and_resolve_some_early():
 
 def test_unknown_ids_are_ignored():
     assert SyntheticUniverse().lookup(["0xabc", "syn-x"], DAY) == []
+
+
+def _priced_resolved(n_markets: int, seed: int = 7) -> tuple[list[float], list[float], list]:
+    """One price per resolved (YES/NO) market, on a seeded random day of its trading life."""
+    universe = SyntheticUniverse(size=300, seed=seed)
+    pick = np.random.default_rng(0)
+    prices, outcomes, markets = [], [], []
+    for k in range(n_markets):
+        source_id = f"syn-{k:06d}"
+        opened = universe.lookup([source_id], FAR_FUTURE)[0]
+        if opened.resolved_outcome not in ("yes", "no"):
+            continue
+        first_day = EPOCH + dt.timedelta(days=math.floor(k / universe._opened_per_day))
+        life = (opened.closed_at.date() - first_day).days
+        day = first_day + dt.timedelta(days=int(pick.integers(0, life)))
+        (then,) = universe.lookup([source_id], day)
+        assert then.status is MarketStatus.OPEN
+        prices.append(then.yes_price)
+        outcomes.append(1.0 if opened.resolved_outcome == "yes" else 0.0)
+        markets.append(then)
+    return prices, outcomes, markets
+
+
+def test_synthetic_prices_are_calibrated():
+    """The price is P(YES | what is known that day), so it is calibrated by construction."""
+    prices, outcomes, _ = _priced_resolved(6_000)
+    assert len(prices) >= 5_000
+    assert expected_calibration_error(prices, outcomes) <= 0.02
+    assert 0.4 < np.mean(outcomes) < 0.6  # both sides happen, not a trivially one-sided set
+
+
+def test_synthetic_price_is_a_martingale_not_a_bridge_to_the_outcome():
+    """The day-to-day price change does not predict the outcome beyond today's price: the
+    old price walk drifted toward the secret outcome, so a trend follower could read it."""
+    universe = SyntheticUniverse(size=300, seed=7)
+    residuals, moves = [], []
+    for k in range(3_000):
+        source_id = f"syn-{k:06d}"
+        (final,) = universe.lookup([source_id], FAR_FUTURE)
+        if final.resolved_outcome not in ("yes", "no"):
+            continue
+        first_day = EPOCH + dt.timedelta(days=math.floor(k / universe._opened_per_day))
+        if (final.closed_at.date() - first_day).days < 10:
+            continue
+        week = [universe.lookup([source_id], first_day + dt.timedelta(days=d))[0] for d in (0, 7)]
+        outcome = 1.0 if final.resolved_outcome == "yes" else 0.0
+        residuals.append(outcome - week[1].yes_price)
+        moves.append(week[1].yes_price - week[0].yes_price)
+    # Under a martingale the residual outcome - price is uncorrelated with the past move.
+    assert abs(np.corrcoef(moves, residuals)[0, 1]) < 0.05
