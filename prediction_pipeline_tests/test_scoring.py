@@ -11,7 +11,6 @@ import pytest
 from prediction_pipeline.core.scoring import (
     CALIBRATION_COLUMNS,
     LEADERBOARD_METRICS,
-    MARKET_MODEL,
     brier,
     calibration_bins,
     calibration_chart,
@@ -280,7 +279,7 @@ def test_leaderboard_three_predictions():
 def test_each_model_faces_the_market_on_its_own_predictions():
     """The market's Brier is computed on exactly the rows of the model, not pooled."""
     board = leaderboard(score_predictions(frame(THREE)))
-    assert MARKET_MODEL not in set(board["model"])
+    assert set(board["model"]) == {"A", "B"}  # no pooled "market" row
     # A predicted m1 (price 0.6) and m2 (price 0.2); B only m1: their market Briers differ.
     assert row(board, model="A")["market_brier"] == pytest.approx(0.10)
     assert row(board, model="B")["market_brier"] == pytest.approx(0.16)
@@ -366,10 +365,7 @@ def test_leaderboard_without_any_market_price():
     assert math.isnan(board["skill_vs_market"].iloc[0])
 
 
-def test_leaderboard_rejects_reserved_name_and_missing_model_key():
-    scored = score_predictions(frame([(1, "market", "m1", "x", 0.7, 0.5, 1.0)]))
-    with pytest.raises(ValueError, match="reserved"):
-        leaderboard(scored)
+def test_leaderboard_rejects_a_missing_model_key():
     with pytest.raises(ValueError, match="model"):
         leaderboard(score_predictions(frame(THREE)), by=["category"])
 

@@ -34,8 +34,6 @@ from matplotlib.figure import Figure
 LOG_SCORE_EPS = 1e-4
 DEFAULT_BINS = 10
 
-#: Reserved: the name the pooled market row had; a model may not take it.
-MARKET_MODEL = "market"
 
 #: Horizon buckets (days from prediction to the market's end), in order.
 HORIZON_BUCKETS: tuple[str, ...] = ("0-7d", "8-30d", "31-90d", ">90d")
@@ -480,8 +478,6 @@ def leaderboard_from_sums(
     by = _check_by(by)
     if sums.empty:
         return _empty_leaderboard(by)
-    if (sums["model"] == MARKET_MODEL).any():
-        raise ValueError(f"leaderboard: model name {MARKET_MODEL!r} is reserved")
     rows = []
     for key, group in sums.groupby(by, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -549,8 +545,6 @@ def leaderboard(
         raise ValueError(f"leaderboard: missing columns {missing} (score_predictions first)")
     if df.empty:
         return _empty_leaderboard(by)
-    if (df["model"] == MARKET_MODEL).any():
-        raise ValueError(f"leaderboard: model name {MARKET_MODEL!r} is reserved")
     return leaderboard_from_sums(
         market_sums(df, by),
         by,
