@@ -3,9 +3,16 @@ import math
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 
+from prediction_pipeline.core.baselines import BASELINES, MOMENTUM_WINDOW_DAYS
+from prediction_pipeline.core.forecast import MarketContext
 from prediction_pipeline.core.markets import MarketStatus
-from prediction_pipeline.core.scoring import expected_calibration_error
+from prediction_pipeline.core.scoring import (
+    expected_calibration_error,
+    leaderboard,
+    score_predictions,
+)
 from prediction_pipeline.core.synthetic import EPOCH, SyntheticUniverse
 
 DAY = dt.date(2026, 11, 2)
@@ -108,3 +115,48 @@ def test_synthetic_price_is_a_martingale_not_a_bridge_to_the_outcome():
         moves.append(week[1].yes_price - week[0].yes_price)
     # Under a martingale the residual outcome - price is uncorrelated with the past move.
     assert abs(np.corrcoef(moves, residuals)[0, 1]) < 0.05
+
+
+def test_momentum_does_not_beat_the_calibrated_market():
+    """The old bridge-to-the-outcome walk let a trend follower read the future (the demo
+    showed momentum at skill +0.3). On calibrated prices its skill interval must contain
+    zero or lie below it."""
+    universe = SyntheticUniverse(size=300, seed=7)
+    pick = np.random.default_rng(1)
+    rows = []
+    for k in range(600):
+        source_id = f"syn-{k:06d}"
+        (final,) = universe.lookup([source_id], FAR_FUTURE)
+        if final.resolved_outcome not in ("yes", "no"):
+            continue
+        first_day = EPOCH + dt.timedelta(days=math.floor(k / universe._opened_per_day))
+        life = (final.closed_at.date() - first_day).days
+        if life < 10:
+            continue
+        outcome = 1.0 if final.resolved_outcome == "yes" else 0.0
+        # near the close, where the demo predicts and where the old walk gave itself away
+        for age in pick.integers(max(7, life - 14), life, size=3):
+            day = first_day + dt.timedelta(days=int(age))
+            history = [
+                universe.lookup([source_id], day - dt.timedelta(days=back))[0].yes_price
+                for back in range(MOMENTUM_WINDOW_DAYS - 1, -1, -1)
+            ]
+            ctx = MarketContext(
+                market_id=k,
+                source_id=source_id,
+                question=final.question,
+                end_date=final.end_date,
+                day=day,
+                market_price=history[-1],
+                price_history=tuple(history),
+            )
+            for model, forecast in BASELINES.items():
+                p = forecast(ctx).probability
+                rows.append((len(rows), model, source_id, "x", p, history[-1], outcome))
+    columns = ["prediction_id", "model", "market_id", "category", "probability"]
+    scored = score_predictions(pd.DataFrame(rows, columns=[*columns, "market_price", "outcome"]))
+    board = leaderboard(scored).set_index("model")
+    momentum = board.loc["baseline/momentum"]
+    assert momentum["n_markets"] >= 400
+    assert momentum["skill_lo"] <= 0.0
+    assert not momentum["beats_market"]
