@@ -430,7 +430,10 @@ def _group_row(
     min_markets: int,
     confidence: float,
 ) -> dict:
-    per_market = group[list(SUM_COLUMNS)].to_numpy(dtype="float64")
+    # Markets in a fixed order, so that the seeded draws do not depend on how rows arrived
+    # (SQL and the frame path give the same intervals).
+    ordered = group.sort_values("market_id", kind="stable")
+    per_market = ordered[list(SUM_COLUMNS)].to_numpy(dtype="float64")
     point = _ratios(per_market.sum(axis=0))
     row: dict = {name: float(value) for name, value in point.items()}
     row["n"] = int(per_market[:, 0].sum())
