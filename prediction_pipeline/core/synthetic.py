@@ -7,8 +7,9 @@ are open on any day; new ones open every day and old ones close, some early, and
 a few days later, so scoring has something to score.
 
 Prices are calibrated by construction. Each market has a latent Gaussian random walk over
-its trading life; the market resolves YES iff the walk ends above zero. The price on a day
-is the probability of YES given the walk so far, ``Phi(x_t / (sigma * sqrt(days left)))``:
+its trading life and a surprise revealed at the resolution; the market resolves YES iff walk
+end + surprise is above zero. The price on a day is the probability of YES given the walk so
+far, ``Phi(x_t / (sigma * sqrt(days left + surprise days)))``:
 a martingale, so the price is the honest probability of YES given what is known that day,
 and no forecaster that sees only past prices can beat it systematically. Markets still get
 more informative as they near their close, like real ones.
@@ -31,6 +32,10 @@ MAX_LIFE_DAYS = 240
 MAX_RESOLUTION_LAG_DAYS = 3
 _WALK_SIGMA = 1.0  # daily step of the latent walk (only its ratio to the start matters)
 _START_SPREAD = 1.0  # the opening value in units of sigma * sqrt(life): opening prices spread
+# The outcome is revealed with a surprise: YES iff walk_end + J > 0, J ~ N(0, sigma^2 * this).
+# Without it the price is all but 0 or 1 in a market's last days; with it some doubt remains
+# until the resolution, as with real events.
+_RESOLUTION_SURPRISE_DAYS = 10.0
 
 _TOPICS: dict[str, list[tuple[str, str]]] = {
     "Politics": [
@@ -187,7 +192,7 @@ def _plan(seed: int, opened_per_day: float, k: int) -> _Plan:
         f"Synthetic market #{k} in the {category} category."
     )
     trading_days = (close_day - open_day).days
-    ends_above_zero = _latent(seed, k, trading_days)[-1] > 0
+    ends_above_zero = _latent(seed, k, trading_days)[-1] + _surprise(seed, k) > 0
     outcome = "void" if void else ("yes" if ends_above_zero else "no")
     return _Plan(
         k=k,
@@ -209,7 +214,7 @@ def _latent(seed: int, k: int, life: int) -> np.ndarray:
     """The latent walk from the opening day (index 0) to the close (index `life`).
 
     Its own seeded stream per market, drawn whole: the same day always reads the same value
-    and later days continue the same walk. YES iff the last value is above zero.
+    and later days continue the same walk. YES iff the last value plus the surprise > 0.
     """
     rng = np.random.default_rng([seed, k, 1])
     life = max(life, 1)
@@ -218,25 +223,26 @@ def _latent(seed: int, k: int, life: int) -> np.ndarray:
     return start + np.concatenate([[0.0], np.cumsum(steps)])
 
 
+def _surprise(seed: int, k: int) -> float:
+    """The part of the outcome nobody can see before the resolution (own seeded stream)."""
+    rng = np.random.default_rng([seed, k, 2])
+    return float(rng.standard_normal() * _WALK_SIGMA * math.sqrt(_RESOLUTION_SURPRISE_DAYS))
+
+
 @lru_cache(maxsize=50_000)
 def _prices(seed: int, k: int, life: int) -> np.ndarray:
     """P(YES | walk so far) for each day from the opening (index 0) to the close (`life`).
 
-    With d days left the end value is x_t + N(0, sigma^2 d), so P(end > 0) = Phi(x_t /
-    (sigma sqrt d)). On the closing day (d = 0) the outcome is known: 1 or 0.
+    With d days left, walk_end + J is x_t + N(0, sigma^2 (d + surprise days)), so
+    P(YES) = Phi(x_t / (sigma sqrt(d + surprise days))).
     """
     walk = _latent(seed, k, life)
     days_left = np.arange(len(walk) - 1, -1, -1, dtype="float64")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = walk / (_WALK_SIGMA * np.sqrt(days_left))  # +-inf on the closing day
+    z = walk / (_WALK_SIGMA * np.sqrt(days_left + _RESOLUTION_SURPRISE_DAYS))
     return np.array([_normal_cdf(v) for v in z])
 
 
 def _normal_cdf(z: float) -> float:
-    if math.isnan(z):  # 0 / 0: the walk ended exactly on zero, which is NO (not above zero)
-        return 0.0
-    if math.isinf(z):
-        return 1.0 if z > 0 else 0.0
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
