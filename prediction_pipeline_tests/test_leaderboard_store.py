@@ -5,7 +5,9 @@ import datetime as dt
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from prediction_pipeline.cli import main
 from prediction_pipeline.core.scoring import leaderboard, score_predictions
 from prediction_pipeline.services.leaderboard import BOOTSTRAP_SEED, build_leaderboard
 from prediction_pipeline.store import models as model_store
@@ -80,3 +82,18 @@ def test_models_add_takes_a_knowledge_cutoff(engine):
         model_store.upsert_model(conn, spec)
     with engine.connect() as conn:
         assert model_store.knowledge_cutoffs(conn) == {"openai/gpt-4o": dt.date(2024, 10, 1)}
+
+
+def test_cli_models_add_knowledge_cutoff(database_url, engine, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    runner = CliRunner()
+    args = ["--database-url", database_url, "models", "add", "openai/gpt-4o"]
+    env = {"DAGSTER_HOME": str(home)}
+    ok = runner.invoke(main, [*args, "--knowledge-cutoff", "2024-10-01"], env=env)
+    assert ok.exit_code == 0, ok.output
+    with engine.connect() as conn:
+        assert model_store.get_model(conn, "openai/gpt-4o").knowledge_cutoff == dt.date(2024, 10, 1)
+    bad = runner.invoke(main, [*args, "--knowledge-cutoff", "October 2024"], env=env)
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert "--knowledge-cutoff" in bad.output
