@@ -398,20 +398,24 @@ def _ratios(totals: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def cluster_bootstrap(
-    per_market: np.ndarray, n_boot: int, rng: np.random.Generator, chunk: int = 200
+    per_market: np.ndarray, n_boot: int, rng: np.random.Generator, max_cells: int = 2_000_000
 ) -> np.ndarray:
     """Resample markets (rows of `per_market`, one row of sums each) with replacement.
 
     A market predicted on many days is one cluster: its rows move together, so the spread
     reflects how many markets were judged, not how many times. Returns ``n_boot`` rows of
-    column totals. Memory is ``chunk x markets`` counts at a time.
+    column totals. Draws are made a chunk at a time, at most `max_cells` market indices,
+    so memory is bounded whatever `n_boot`.
     """
     m = per_market.shape[0]
     out = np.empty((n_boot, per_market.shape[1]))
-    weights = np.full(m, 1.0 / m)
+    chunk = max(1, max_cells // max(m, 1))
     for start in range(0, n_boot, chunk):
         size = min(chunk, n_boot - start)
-        counts = rng.multinomial(m, weights, size=size)  # how often each market is drawn
+        drawn = rng.integers(0, m, size=(size, m))  # each resample: m markets, replaced
+        # How often each market was drawn in each resample, then one matrix product.
+        flat = (drawn + np.arange(size)[:, None] * m).ravel()
+        counts = np.bincount(flat, minlength=size * m).reshape(size, m)
         out[start : start + size] = counts @ per_market
     return out
 
