@@ -67,8 +67,11 @@ def test_loads_market_questions_and_counts_the_rest():
     assert len(resolved) == 18
     fed = bench.questions["polymarket:fb-poly-001-fed-cut-april-2026"]
     assert (fed.freeze_day, fed.freeze_price) == (FREEZE, 0.215)
-    # resolved 2026-04-29: the first horizon date that shows it resolved is 2026-06-13
-    assert (fed.resolved_outcome, fed.resolved_on) == ("no", dt.date(2026, 6, 13))
+    # the first horizon date that shows it resolved is 2026-06-13, but the market closed
+    # (and settled) on 2026-04-29: the earlier date is when the answer became knowable
+    assert (fed.resolved_outcome, fed.resolved_on) == ("no", dt.date(2026, 4, 29))
+    # an unresolved market keeps no outcome whatever its close date
+    assert bench.questions["polymarket:fb-poly-006-nba-finals-game7"].resolved_on is None
 
 
 def test_the_source_opens_on_the_freeze_day_and_resolves_later():
@@ -180,8 +183,8 @@ def test_a_backtest_scores_the_market_baseline_as_by_hand(
 def test_a_backtest_leaves_out_what_a_model_may_know(
     database_url, engine, instance, tmp_path, monkeypatch
 ):
-    """With a knowledge cutoff of 2026-04-14, the questions the resolution set shows resolved
-    at its 2026-03-22 horizon are known answers for that model: left out, and counted."""
+    """With a knowledge cutoff of 2026-04-14, the questions that settled before it are known
+    answers for that model: left out, and counted."""
     monkeypatch.setenv("PREDICTION_PIPELINE_DATA_DIR", str(tmp_path))
     resources = backtest_resources(database_url)
     for day in (FREEZE, AFTER_ALL):

@@ -255,8 +255,13 @@ def load_benchmark(
 
 
 def _resolved(q: BenchmarkQuestion, day: dt.date, outcome: str) -> BenchmarkQuestion:
-    # A resolution dated before the freeze would be known on the freeze day: keep the freeze
-    # day as the earliest possible, so the market is still predicted before it resolves.
+    """Resolved on the horizon date that first shows it, or on the market's close date if
+    that is earlier: resolution sets are dated by forecast horizon, so the market itself
+    usually settled before. The earlier date matters for knowledge cutoffs (a model may
+    know an answer from the day the market settled). Never before the day after the freeze,
+    so the market can still be predicted on its freeze day."""
+    if q.end_date is not None and q.freeze_day < q.end_date.date() < day:
+        day = q.end_date.date()
     return replace(
         q, resolved_outcome=outcome, resolved_on=max(day, q.freeze_day + dt.timedelta(days=1))
     )
