@@ -76,9 +76,10 @@ def _table(board: pd.DataFrame, key: str | None = None) -> str:
             "n": board["n"],
             "markets": board["n_markets"],
             "Brier [95% CI]": [
-                _interval(r.mean_brier, r.brier_lo, r.brier_hi) for r in board.itertuples()
+                _interval(r.mean_brier, r.brier_lo, r.brier_hi, digits=4)
+                for r in board.itertuples()
             ],
-            "market Brier (same rows)": board["market_brier"].round(3),
+            "market Brier (same rows)": board["market_brier"].round(4),
             "log score [95% CI]": [
                 _interval(r.mean_log_score, r.log_score_lo, r.log_score_hi)
                 for r in board.itertuples()
