@@ -107,14 +107,24 @@ class Demo:
         with self.engine.connect() as conn:
             overall = score_store.read_leaderboard(conn, "overall")
         if not overall.empty:
-            self.echo("leaderboard (lower Brier is better; skill > 0 beats the market):")
+            self.echo(
+                "leaderboard (lower Brier is better; skill vs the market price on the same "
+                "predictions, 95% interval over markets):"
+            )
             for row in overall.itertuples():
+                verdict = "beats the market" if row.beats_market else "does not beat the market"
+                if row.too_small:
+                    verdict = "too few markets to tell"
                 self.echo(
-                    f"  {row.model:<20} n={row.n:<5} brier={row.mean_brier:.4f} "
-                    f"log={row.mean_log_score:.4f} skill={row.skill_vs_market:+.3f} "
-                    f"ece={row.ece:.3f}"
+                    f"  {row.model:<20} n={row.n:<5} markets={row.n_markets:<4} "
+                    f"brier={row.mean_brier:.4f} (market {row.market_brier:.4f}) "
+                    f"skill={row.skill_vs_market:+.3f} [{row.skill_lo:+.3f}, {row.skill_hi:+.3f}] "
+                    f"ece={row.ece:.3f}: {verdict}"
                 )
-            self.echo(f"  calibration chart: {board.get('calibration_chart')}")
+            self.echo(
+                "  calibration chart: in the model_leaderboard asset's metadata in the UI; "
+                f"known answers left out: {board.get('excluded_known_answers') or 'none'}"
+            )
 
     def digests(self) -> None:
         result = self.run("digests_job", self.today.isoformat())

@@ -34,6 +34,7 @@ from prediction_pipeline.clients.gamma import DEFAULT_BASE_URL as DEFAULT_GAMMA_
 from prediction_pipeline.clients.gamma import GammaClient
 from prediction_pipeline.clients.http_retry import RetryPolicy, redact_url
 from prediction_pipeline.clients.market_sources import (
+    ForecastBenchSource,
     MarketSource,
     PolymarketSource,
     SyntheticSource,
@@ -164,24 +165,43 @@ class AppDatabase(EnvironmentOnlyResource):
 
 
 class MarketSourceResource(EnvironmentOnlyResource):
-    """Where markets come from: `synthetic` (offline default) or `polymarket` (Gamma API)."""
+    """Where markets come from: `synthetic` (offline default), `polymarket` (Gamma API) or
+    `forecastbench` (a backtest on a ForecastBench question set and its resolutions)."""
 
-    ENV_ONLY: ClassVar[dict[str, str]] = {"gamma_url": "POLYMARKET_GAMMA_URL"}
+    ENV_ONLY: ClassVar[dict[str, str]] = {
+        "gamma_url": "POLYMARKET_GAMMA_URL",
+        "forecastbench_questions": "PREDICTION_PIPELINE_FORECASTBENCH_QUESTIONS",
+        "forecastbench_resolutions": "PREDICTION_PIPELINE_FORECASTBENCH_RESOLUTIONS",
+    }
 
-    kind: str = Field(default="synthetic", description="synthetic or polymarket")
+    kind: str = Field(default="synthetic", description="synthetic, polymarket or forecastbench")
     synthetic_size: int = Field(default=300, description="Markets open on any synthetic day.")
     synthetic_seed: int = 7
     gamma_url: str = DEFAULT_GAMMA_URL
     max_markets: int = Field(default=1000, description="Top active Gamma markets by volume.")
+    forecastbench_questions: str | None = Field(
+        default=None, description="ForecastBench question set: a path or URL (forecastbench)."
+    )
+    forecastbench_resolutions: str | None = Field(
+        default=None, description="Its resolution set: a path or URL (forecastbench)."
+    )
 
     def open(self) -> MarketSource:
         if self.kind == "synthetic":
             return SyntheticSource(size=self.synthetic_size, seed=self.synthetic_seed)
         if self.kind == "polymarket":
             return PolymarketSource(GammaClient(base_url=self.gamma_url), self.max_markets)
+        if self.kind == "forecastbench":
+            if not self.forecastbench_questions:
+                raise ValueError(
+                    "the forecastbench market source needs a question set: set "
+                    "PREDICTION_PIPELINE_FORECASTBENCH_QUESTIONS (and "
+                    "PREDICTION_PIPELINE_FORECASTBENCH_RESOLUTIONS) to a path or URL"
+                )
+            return ForecastBenchSource(self.forecastbench_questions, self.forecastbench_resolutions)
         raise ValueError(
             f"unknown market source {self.kind!r}: set PREDICTION_PIPELINE_MARKET_SOURCE to "
-            "'synthetic' or 'polymarket'"
+            "'synthetic', 'polymarket' or 'forecastbench'"
         )
 
 
@@ -364,6 +384,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "market_source": MarketSourceResource(
             kind=env_or("PREDICTION_PIPELINE_MARKET_SOURCE", "synthetic"),
             gamma_url=env_or("POLYMARKET_GAMMA_URL", DEFAULT_GAMMA_URL),
+            forecastbench_questions=env_or("PREDICTION_PIPELINE_FORECASTBENCH_QUESTIONS", None),
+            forecastbench_resolutions=env_or("PREDICTION_PIPELINE_FORECASTBENCH_RESOLUTIONS", None),
         ),
         "forecasters": Forecasters(
             openrouter_api_key=env_or("OPENROUTER_API_KEY", None),

@@ -1,7 +1,7 @@
 """`prediction_deltas`, `forecast_scores` and `model_leaderboard` on a small world."""
 
+import base64
 import datetime as dt
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -111,14 +111,27 @@ def test_scores_and_leaderboard(world, engine, tmp_path):
             assert row.brier == pytest.approx(row.market_brier)
 
     board = materialization_metadata(result, "model_leaderboard")
-    assert "baseline/momentum" in board["leaderboard"] and "market" in board["leaderboard"]
-    assert Path(board["calibration_chart"]).read_bytes()[:4] == b"\x89PNG"
+    assert "baseline/momentum" in board["leaderboard"] and "95% CI" in board["leaderboard"]
+    # the chart is in the metadata itself, as a PNG data URI the UI renders
+    prefix = "![calibration](data:image/png;base64,"
+    assert board["calibration_chart"].startswith(prefix)
+    png = base64.b64decode(board["calibration_chart"][len(prefix) : -1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with engine.connect() as conn:
         overall = score_store.read_leaderboard(conn, "overall").set_index("model")
         categories = score_store.read_leaderboard(conn, "category")
         horizons = score_store.read_leaderboard(conn, "horizon")
-    assert overall.loc["baseline/market", "skill_vs_market"] == pytest.approx(0.0, abs=1e-12)
+    assert set(overall.index) == {"baseline/market", "baseline/momentum"}  # no pooled row
+    market = overall.loc["baseline/market"]
+    assert market["skill_vs_market"] == pytest.approx(0.0, abs=1e-12)
+    assert market["skill_lo"] == pytest.approx(0.0, abs=1e-12) and not market["beats_market"]
+    assert market["mean_brier"] == pytest.approx(market["market_brier"])
     assert overall.loc["baseline/market", "n"] == overall.loc["baseline/momentum", "n"]
+    for model, row in overall.iterrows():
+        assert board[f"brier/{model}"] == pytest.approx(row["mean_brier"])
+        assert board[f"skill/{model}"] == pytest.approx(row["skill_vs_market"])
+        assert row["brier_lo"] <= row["mean_brier"] <= row["brier_hi"]
+        assert row["n_markets"] <= row["n"]
     assert len(categories) > len(overall) and set(horizons["bucket"]) <= {
         "0-7d",
         "8-30d",
@@ -126,6 +139,7 @@ def test_scores_and_leaderboard(world, engine, tmp_path):
         ">90d",
         "(none)",
     }
+    assert sum(categories["n"]) == sum(overall["n"]) == sum(horizons["n"])
 
     again = dg.materialize([forecast_scores, model_leaderboard], resources=world)
     assert materialization_metadata(again, "forecast_scores")["newly_scored"] == 0

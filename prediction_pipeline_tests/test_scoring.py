@@ -14,10 +14,15 @@ from prediction_pipeline.core.scoring import (
     brier,
     calibration_bins,
     calibration_chart,
+    calibration_from_sums,
+    calibration_sums,
+    cluster_bootstrap,
     expected_calibration_error,
     horizon_bucket,
     leaderboard,
+    leaderboard_from_sums,
     log_score,
+    market_sums,
     score_predictions,
 )
 
@@ -248,51 +253,47 @@ def test_calibration_rejects_bad_bins_and_lengths():
 def test_leaderboard_three_predictions():
     board = leaderboard(score_predictions(frame(THREE)))
     assert list(board.columns) == ["model", *LEADERBOARD_METRICS]
-    # sorted by mean Brier: A 0.065 < market 0.12 < B 0.25
-    assert board["model"].tolist() == ["A", "market", "B"]
+    # sorted by mean Brier: A 0.065 < B 0.25; no pooled "market" row
+    assert board["model"].tolist() == ["A", "B"]
 
     a = row(board, model="A")
-    assert (a["n"], a["n_market"]) == (2, 2)
+    assert (a["n"], a["n_markets"], a["n_priced"]) == (2, 2, 2)
     assert a["mean_brier"] == pytest.approx(0.065)  # (0.04 + 0.09) / 2
     assert a["mean_log_score"] == pytest.approx((LN_0_8 + LN_0_7) / 2)
     assert a["market_brier"] == pytest.approx(0.10)  # (0.16 + 0.04) / 2
+    assert a["market_log_score"] == pytest.approx((LN_0_6 + LN_0_8) / 2)
     assert a["skill_vs_market"] == pytest.approx(0.35)  # 1 - 0.065 / 0.10
     assert a["ece"] == pytest.approx(0.25)  # (|0.8 - 1| + |0.3 - 0|) / 2
+    assert a["too_small"] and not a["beats_market"]  # 2 markets prove nothing
 
     b = row(board, model="B")
-    assert (b["n"], b["n_market"]) == (1, 1)
+    assert (b["n"], b["n_markets"], b["n_priced"]) == (1, 1, 1)
     assert b["mean_brier"] == pytest.approx(0.25)
-    assert b["market_brier"] == pytest.approx(0.16)
+    assert b["market_brier"] == pytest.approx(0.16)  # the price on B's own prediction only
     assert b["skill_vs_market"] == pytest.approx(-0.5625)  # 1 - 0.25 / 0.16
     assert b["ece"] == pytest.approx(0.5)
+    # one market: every resample is that market, so the interval is the point
+    assert b["brier_lo"] == b["brier_hi"] == pytest.approx(0.25)
 
 
-def test_market_baseline_is_pooled_over_the_compared_prediction_rows():
+def test_each_model_faces_the_market_on_its_own_predictions():
+    """The market's Brier is computed on exactly the rows of the model, not pooled."""
     board = leaderboard(score_predictions(frame(THREE)))
-    market = row(board, model="market")
-    # one market row per priced prediction: (0.16 + 0.04 + 0.16) / 3 = 0.12.
-    # Deduplicating on (market_id, market_price) would give (0.16 + 0.04) / 2 = 0.10 and n 2.
-    assert (market["n"], market["n_market"]) == (3, 3)
-    assert market["mean_brier"] == pytest.approx(0.12)
-    assert market["market_brier"] == pytest.approx(0.12)
-    assert market["mean_log_score"] == pytest.approx((2 * LN_0_6 + LN_0_8) / 3)
-    assert market["skill_vs_market"] == pytest.approx(0.0)
-    # prices 0.6, 0.6 (both YES) and 0.2 (NO): (2 * 0.4 + 1 * 0.2) / 3
-    assert market["ece"] == pytest.approx(1 / 3)
+    assert set(board["model"]) == {"A", "B"}  # no pooled "market" row
+    # A predicted m1 (price 0.6) and m2 (price 0.2); B only m1: their market Briers differ.
+    assert row(board, model="A")["market_brier"] == pytest.approx(0.10)
+    assert row(board, model="B")["market_brier"] == pytest.approx(0.16)
 
 
 def test_skill_uses_only_rows_with_a_market_price():
     rows = [*THREE, (4, "A", "m3", "politics", 0.9, np.nan, 1.0)]  # brier 0.01, no price
     board = leaderboard(score_predictions(frame(rows)))
     a = row(board, model="A")
-    assert (a["n"], a["n_market"]) == (3, 2)
+    assert (a["n"], a["n_markets"], a["n_priced"]) == (3, 3, 2)
     assert a["mean_brier"] == pytest.approx(0.14 / 3)  # (0.04 + 0.09 + 0.01) / 3
     assert a["market_brier"] == pytest.approx(0.10)
     # matched rows only: 1 - 0.065 / 0.10, not 1 - (0.14 / 3) / 0.10
     assert a["skill_vs_market"] == pytest.approx(0.35)
-    market = row(board, model="market")
-    assert market["n"] == 3
-    assert market["mean_brier"] == pytest.approx(0.12)
 
 
 def test_leaderboard_by_category():
@@ -300,15 +301,13 @@ def test_leaderboard_by_category():
     assert list(board.columns) == ["model", "category", *LEADERBOARD_METRICS]
     assert list(zip(board["category"], board["model"], strict=True)) == [
         ("politics", "A"),  # 0.04
-        ("politics", "market"),  # 0.16
         ("politics", "B"),  # 0.25
-        ("sports", "market"),  # 0.04
         ("sports", "A"),  # 0.09
     ]
     assert row(board, model="A", category="politics")["skill_vs_market"] == pytest.approx(0.75)
     assert row(board, model="A", category="sports")["skill_vs_market"] == pytest.approx(-1.25)
-    assert row(board, model="market", category="politics")["n"] == 2
-    assert row(board, model="market", category="sports")["mean_brier"] == pytest.approx(0.04)
+    assert row(board, model="A", category="sports")["market_brier"] == pytest.approx(0.04)
+    assert board["too_small"].all()
 
 
 def test_leaderboard_by_horizon_bucket_in_horizon_order():
@@ -317,10 +316,7 @@ def test_leaderboard_by_horizon_bucket_in_horizon_order():
     # "8-30d" before "31-90d" although it sorts after it alphabetically
     assert list(zip(board["horizon_bucket"], board["model"], strict=True)) == [
         ("0-7d", "A"),
-        ("0-7d", "market"),
-        ("8-30d", "market"),
         ("8-30d", "B"),
-        ("31-90d", "market"),
         ("31-90d", "A"),
     ]
     # derived from horizon_days when the bucket column is absent
@@ -330,16 +326,14 @@ def test_leaderboard_by_horizon_bucket_in_horizon_order():
 
 def test_leaderboard_one_prediction():
     board = leaderboard(score_predictions(frame([(1, "A", "m1", "x", 0.7, 0.5, 1.0)])))
-    assert board["model"].tolist() == ["A", "market"]
-    a, market = board.iloc[0], board.iloc[1]
+    assert board["model"].tolist() == ["A"]
+    a = board.iloc[0]
     assert a["n"] == 1
     assert a["mean_brier"] == pytest.approx(0.09)
     assert a["mean_log_score"] == pytest.approx(LN_0_7)
     assert a["market_brier"] == pytest.approx(0.25)
     assert a["skill_vs_market"] == pytest.approx(0.64)  # 1 - 0.09 / 0.25
     assert a["ece"] == pytest.approx(0.3)
-    assert market["mean_brier"] == pytest.approx(0.25)
-    assert market["ece"] == pytest.approx(0.5)
 
 
 def test_leaderboard_no_rows():
@@ -353,46 +347,142 @@ def test_leaderboard_no_rows():
 def test_leaderboard_all_same_outcome_and_a_perfect_market():
     rows = [(1, "A", "m1", "x", 0.9, 1.0, 1.0), (2, "A", "m2", "x", 0.6, 1.0, 1.0)]
     board = leaderboard(score_predictions(frame(rows)))
-    assert board["model"].tolist() == ["market", "A"]
     a = row(board, model="A")
     assert a["mean_brier"] == pytest.approx(0.085)  # (0.01 + 0.16) / 2
     assert a["market_brier"] == pytest.approx(0.0)
+    assert a["market_log_score"] == pytest.approx(LN_1_MINUS_EPS)
     assert math.isnan(a["skill_vs_market"])  # a market Brier of 0 cannot be beaten
+    assert math.isnan(a["skill_lo"]) and not a["beats_market"]
     assert a["ece"] == pytest.approx(0.25)  # (0.1 + 0.4) / 2
-    market = row(board, model="market")
-    assert market["mean_log_score"] == pytest.approx(LN_1_MINUS_EPS)
-    assert math.isnan(market["skill_vs_market"])
 
 
 def test_leaderboard_without_any_market_price():
     rows = [(1, "A", "m1", "x", 0.7, np.nan, 1.0)]
     board = leaderboard(score_predictions(frame(rows)))
     assert board["model"].tolist() == ["A"]
-    assert board["n_market"].tolist() == [0]
+    assert board["n_priced"].tolist() == [0]
     assert math.isnan(board["market_brier"].iloc[0])
     assert math.isnan(board["skill_vs_market"].iloc[0])
 
 
-def test_leaderboard_rejects_reserved_name_and_missing_model_key():
-    scored = score_predictions(frame([(1, "market", "m1", "x", 0.7, 0.5, 1.0)]))
-    with pytest.raises(ValueError, match="reserved"):
-        leaderboard(scored)
+def test_leaderboard_rejects_a_missing_model_key():
     with pytest.raises(ValueError, match="model"):
         leaderboard(score_predictions(frame(THREE)), by=["category"])
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def hand_made(n_markets: int, days: int, model_edge: float, seed: int = 1) -> pd.DataFrame:
+    """Markets priced at a calibrated price q (outcome ~ Bernoulli(q)), each predicted on
+    `days` days by "same" (the price itself) and "better" (q moved on average `model_edge`
+    of the way toward the outcome, more on some markets than others: it knows something the
+    market does not)."""
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0.1, 0.9, n_markets)
+    o = (rng.random(n_markets) < q).astype(float)
+    edge = model_edge * rng.uniform(0.0, 2.0, n_markets)
+    rows, pid = [], 0
+    for m in range(n_markets):
+        for _ in range(days):
+            better = q[m] + edge[m] * (o[m] - q[m])
+            for model, p in (("same", q[m]), ("better", better)):
+                pid += 1
+                rows.append((pid, model, f"m{m}", "x", p, q[m], o[m]))
+    return score_predictions(frame(rows))
+
+
+def test_a_model_equal_to_the_market_has_a_skill_interval_containing_zero():
+    board = leaderboard(hand_made(200, 1, model_edge=0.3)).set_index("model")
+    same = board.loc["same"]
+    assert same["skill_vs_market"] == pytest.approx(0.0)
+    assert same["skill_lo"] <= 0.0 <= same["skill_hi"]
+    assert not same["beats_market"]
+
+
+def test_a_clearly_better_model_has_a_skill_interval_above_zero():
+    board = leaderboard(hand_made(200, 1, model_edge=0.3)).set_index("model")
+    better = board.loc["better"]
+    # about 1 - E[(1 - edge)^2] = 1 - 0.52 with edge ~ U(0, 0.6): the model's error is the
+    # market's error shrunk by (1 - edge)
+    assert 0.35 < better["skill_vs_market"] < 0.6
+    assert 0.0 < better["skill_lo"] < better["skill_vs_market"] < better["skill_hi"]
+    assert better["beats_market"] and not better["too_small"]
+    assert better["brier_lo"] < better["mean_brier"] < better["brier_hi"]
+    assert better["log_score_lo"] < better["mean_log_score"] < better["log_score_hi"]
+
+
+def test_a_noisy_model_on_few_markets_does_not_beat_the_market():
+    rng = np.random.default_rng(5)
+    scored = hand_made(40, 1, model_edge=0.0)
+    noisy = scored["model"] == "better"
+    p = np.clip(scored.loc[noisy, "probability"] + rng.normal(0, 0.05, noisy.sum()), 0, 1)
+    scored.loc[noisy, "probability"] = p
+    board = leaderboard(score_predictions(scored[list(scored.columns[:7])])).set_index("model")
+    assert board.loc["better", "skill_lo"] < 0.0 < board.loc["better", "skill_hi"]
+    assert not board.loc["better", "beats_market"]
+
+
+def test_the_bootstrap_is_seeded():
+    scored = hand_made(60, 1, model_edge=0.1)
+    first = leaderboard(scored, seed=3)
+    pd.testing.assert_frame_equal(first, leaderboard(scored, seed=3))
+    other = leaderboard(scored, seed=4)
+    assert not np.allclose(first["skill_lo"], other["skill_lo"])
+
+
+def test_the_bootstrap_resamples_markets_not_predictions():
+    """Predicting every market on 30 days instead of one adds no independent evidence: the
+    interval must stay as wide. A bootstrap over predictions would shrink it ~sqrt(30)."""
+    once = leaderboard(hand_made(60, 1, model_edge=0.1)).set_index("model")
+    daily = leaderboard(hand_made(60, 30, model_edge=0.1)).set_index("model")
+    assert daily.loc["better", "n"] == 30 * once.loc["better", "n"]
+    assert daily.loc["better", "n_markets"] == once.loc["better", "n_markets"] == 60
+    for low, high in (("skill_lo", "skill_hi"), ("brier_lo", "brier_hi")):
+        width_once = once.loc["better", high] - once.loc["better", low]
+        width_daily = daily.loc["better", high] - daily.loc["better", low]
+        assert width_daily == pytest.approx(width_once)
+
+
+def test_cluster_bootstrap_draws_whole_markets():
+    per_market = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
+    totals = cluster_bootstrap(per_market, 50, np.random.default_rng(0))
+    # every resample is 3 whole markets: the columns keep their 1:10 ratio and sum to 3 draws
+    assert np.allclose(totals[:, 1], 10 * totals[:, 0])
+    assert set(np.round(totals[:, 0]).astype(int)) <= set(range(3, 10))
+
+
+def test_buckets_under_the_minimum_are_marked_too_small():
+    scored = hand_made(200, 1, model_edge=0.3)
+    scored["category"] = np.where(scored["market_id"].isin(["m0", "m1", "m2"]), "rare", "common")
+    board = leaderboard(scored, by=["model", "category"])
+    rare = board[board["category"] == "rare"]
+    assert rare["too_small"].all() and not rare["beats_market"].any()
+    assert not board[board["category"] == "common"]["too_small"].any()
+
+
+def test_leaderboard_from_sql_style_sums_matches_the_frame_path():
+    """The store hands over per-market sums; the result must equal the per-row path."""
+    scored = hand_made(30, 3, model_edge=0.2)
+    board = leaderboard(scored)
+    sums = market_sums(scored)
+    calibration = calibration_sums(scored)
+    pd.testing.assert_frame_equal(board, leaderboard_from_sums(sums, ["model"], calibration))
+    for model, table in calibration.groupby("model"):
+        part = scored[scored["model"] == model]
+        expected = calibration_bins(part["probability"], part["outcome"])
+        pd.testing.assert_frame_equal(calibration_from_sums(table), expected)
 
 
 # --------------------------------------------------------------------------- chart
 
 
-def test_calibration_chart_writes_a_png(tmp_path):
+def test_calibration_chart_is_a_png_in_memory():
     scored = score_predictions(frame(THREE))
     tables = {
         "A": calibration_bins(scored["probability"], scored["outcome"]),
-        "market": calibration_bins(scored["market_price"], scored["outcome"]),
+        "B": calibration_bins(scored["market_price"], scored["outcome"]),
     }
-    target = tmp_path / "charts" / "reliability.png"
-    got = calibration_chart(tables, target)
-    assert got == target
-    data = target.read_bytes()
+    data = calibration_chart(tables)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import click
@@ -121,6 +122,11 @@ def _sync_partitions(slugs: list[str], instance=None) -> None:
     help="Requests per second to this model.",
 )
 @click.option("--max-cost-usd", type=click.FloatRange(min=0), help="Spend cap per day.")
+@click.option(
+    "--knowledge-cutoff",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="YYYY-MM-DD; questions resolved before it are left out of the model's scores.",
+)
 @click.option("--disabled", is_flag=True, help="Register without enabling.")
 @click.pass_obj
 def models_add(
@@ -130,6 +136,7 @@ def models_add(
     max_in_flight: int,
     requests_per_second: float,
     max_cost_usd: float | None,
+    knowledge_cutoff: dt.datetime | None,
     disabled: bool,
 ) -> None:
     """Register (or update) a model, e.g. `openai/gpt-4o`."""
@@ -142,6 +149,7 @@ def models_add(
             max_in_flight=max_in_flight,
             requests_per_second=requests_per_second,
             max_cost_usd=max_cost_usd,
+            knowledge_cutoff=knowledge_cutoff.date() if knowledge_cutoff else None,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="SLUG") from None

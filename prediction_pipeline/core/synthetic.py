@@ -6,8 +6,13 @@ always yields the same data, and later days continue the same walk. About `size`
 are open on any day; new ones open every day and old ones close, some early, and resolve
 a few days later, so scoring has something to score.
 
-The price is a Brownian bridge in logit space from the opening price to the (secret)
-outcome, so markets get more informative as they near their close, like real ones.
+Prices are calibrated by construction. Each market has a latent Gaussian random walk over
+its trading life and a surprise revealed at the resolution; the market resolves YES iff walk
+end + surprise is above zero. The price on a day is the probability of YES given the walk so
+far, ``Phi(x_t / (sigma * sqrt(days left + surprise days)))``:
+a martingale, so the price is the honest probability of YES given what is known that day,
+and no forecaster that sees only past prices can beat it systematically. Markets still get
+more informative as they near their close, like real ones.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ EPOCH = dt.date(2024, 1, 1)
 MIN_LIFE_DAYS = 14
 MAX_LIFE_DAYS = 240
 MAX_RESOLUTION_LAG_DAYS = 3
-_WALK_SIGMA = 0.25  # daily logit volatility
-_OUTCOME_LOGIT = 2.5  # where the bridge ends: p ~ 0.92 / 0.08 at the close
+_WALK_SIGMA = 1.0  # daily step of the latent walk (only its ratio to the start matters)
+_START_SPREAD = 1.0  # the opening value in units of sigma * sqrt(life): opening prices spread
+# The outcome is revealed with a surprise: YES iff walk_end + J > 0, J ~ N(0, sigma^2 * this).
+# Without it the price is all but 0 or 1 in a market's last days; with it some doubt remains
+# until the resolution, as with real events.
+_RESOLUTION_SURPRISE_DAYS = 10.0
 
 _TOPICS: dict[str, list[tuple[str, str]]] = {
     "Politics": [
@@ -85,11 +94,6 @@ class _Plan:
     description: str
     final_volume: float
     liquidity_ratio: float
-    start_logit: float
-
-
-def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 class SyntheticUniverse:
@@ -162,9 +166,7 @@ class SyntheticUniverse:
         )
 
     def _walk(self, plan: _Plan) -> np.ndarray:
-        return _walk(
-            self.seed, plan.k, (plan.close_day - plan.open_day).days, plan.outcome, plan.start_logit
-        )
+        return _prices(self.seed, plan.k, (plan.close_day - plan.open_day).days)
 
 
 @lru_cache(maxsize=200_000)
@@ -177,10 +179,7 @@ def _plan(seed: int, opened_per_day: float, k: int) -> _Plan:
     if rng.random() < 0.12:  # some markets resolve well before their end date
         close_day = open_day + dt.timedelta(days=int(rng.integers(3, life)))
     resolve_day = close_day + dt.timedelta(days=int(rng.integers(0, MAX_RESOLUTION_LAG_DAYS + 1)))
-    true_p = float(rng.beta(1.3, 1.3))
-    outcome = "yes" if rng.random() < true_p else "no"
-    if rng.random() < 0.02:
-        outcome = "void"  # cancelled or settled 50-50
+    void = rng.random() < 0.02  # cancelled or settled 50-50, whatever the walk says
     category = _CATEGORIES[int(rng.integers(len(_CATEGORIES)))]
     subject, event = _TOPICS[category][int(rng.integers(4))]
     region = _REGIONS[int(rng.integers(len(_REGIONS)))]
@@ -192,7 +191,9 @@ def _plan(seed: int, opened_per_day: float, k: int) -> _Plan:
         f"(23:59 UTC), according to official sources. Otherwise it resolves to No. "
         f"Synthetic market #{k} in the {category} category."
     )
-    start_p = float(np.clip(true_p + rng.normal(0, 0.12), 0.04, 0.96))
+    trading_days = (close_day - open_day).days
+    ends_above_zero = _latent(seed, k, trading_days)[-1] + _surprise(seed, k) > 0
+    outcome = "void" if void else ("yes" if ends_above_zero else "no")
     return _Plan(
         k=k,
         open_day=open_day,
@@ -205,20 +206,44 @@ def _plan(seed: int, opened_per_day: float, k: int) -> _Plan:
         description=description,
         final_volume=float(rng.lognormal(mean=10.5, sigma=1.6)),
         liquidity_ratio=float(rng.uniform(0.02, 0.2)),
-        start_logit=math.log(start_p / (1 - start_p)),
     )
 
 
 @lru_cache(maxsize=50_000)
-def _walk(seed: int, k: int, life: int, outcome: str, start_logit: float) -> np.ndarray:
-    """Daily prices from the opening day (index 0) to the close (index `life`)."""
+def _latent(seed: int, k: int, life: int) -> np.ndarray:
+    """The latent walk from the opening day (index 0) to the close (index `life`).
+
+    Its own seeded stream per market, drawn whole: the same day always reads the same value
+    and later days continue the same walk. YES iff the last value plus the surprise > 0.
+    """
     rng = np.random.default_rng([seed, k, 1])
-    steps = rng.standard_normal(life)
-    brownian = np.concatenate([[0.0], np.cumsum(steps)]) * _WALK_SIGMA
-    t = np.arange(life + 1) / max(life, 1)
-    end_logit = {"yes": _OUTCOME_LOGIT, "no": -_OUTCOME_LOGIT}.get(outcome, start_logit)
-    bridge = brownian - t * brownian[-1]
-    return _sigmoid(start_logit + t * (end_logit - start_logit) + bridge)
+    life = max(life, 1)
+    start = rng.standard_normal() * _START_SPREAD * _WALK_SIGMA * math.sqrt(life)
+    steps = rng.standard_normal(life) * _WALK_SIGMA
+    return start + np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def _surprise(seed: int, k: int) -> float:
+    """The part of the outcome nobody can see before the resolution (own seeded stream)."""
+    rng = np.random.default_rng([seed, k, 2])
+    return float(rng.standard_normal() * _WALK_SIGMA * math.sqrt(_RESOLUTION_SURPRISE_DAYS))
+
+
+@lru_cache(maxsize=50_000)
+def _prices(seed: int, k: int, life: int) -> np.ndarray:
+    """P(YES | walk so far) for each day from the opening (index 0) to the close (`life`).
+
+    With d days left, walk_end + J is x_t + N(0, sigma^2 (d + surprise days)), so
+    P(YES) = Phi(x_t / (sigma sqrt(d + surprise days))).
+    """
+    walk = _latent(seed, k, life)
+    days_left = np.arange(len(walk) - 1, -1, -1, dtype="float64")
+    z = walk / (_WALK_SIGMA * np.sqrt(days_left + _RESOLUTION_SURPRISE_DAYS))
+    return np.array([_normal_cdf(v) for v in z])
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
 
 def _parse_id(source_id: str) -> int | None:

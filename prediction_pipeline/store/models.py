@@ -25,6 +25,8 @@ class ModelSpec:
     max_in_flight: int = 4
     requests_per_second: float = 2.0
     max_cost_usd: float | None = None
+    # Questions resolved before this day are excluded from the model's scores.
+    knowledge_cutoff: dt.date | None = None
 
 
 def provider_for(slug: str) -> str:
@@ -50,6 +52,7 @@ def upsert_model(conn: sa.Connection, spec: ModelSpec) -> None:
         "max_in_flight": spec.max_in_flight,
         "requests_per_second": spec.requests_per_second,
         "max_cost_usd": spec.max_cost_usd,
+        "knowledge_cutoff": spec.knowledge_cutoff,
         "created_at": now,
         "updated_at": now,
     }
@@ -67,6 +70,14 @@ def update_model(conn: sa.Connection, slug: str, **changes) -> bool:
     changes["updated_at"] = dt.datetime.now(dt.UTC)
     result = conn.execute(sa.update(models).where(models.c.slug == slug).values(**changes))
     return result.rowcount == 1
+
+
+def knowledge_cutoffs(conn: sa.Connection) -> dict[str, dt.date]:
+    """Models that have a knowledge cutoff, and that day."""
+    query = sa.select(models.c.slug, models.c.knowledge_cutoff).where(
+        models.c.knowledge_cutoff.is_not(None)
+    )
+    return {row.slug: row.knowledge_cutoff for row in conn.execute(query)}
 
 
 def get_model(conn: sa.Connection, slug: str) -> ModelSpec | None:
@@ -90,4 +101,5 @@ def _spec(row: sa.Row) -> ModelSpec:
         max_in_flight=row.max_in_flight,
         requests_per_second=row.requests_per_second,
         max_cost_usd=row.max_cost_usd,
+        knowledge_cutoff=row.knowledge_cutoff,
     )

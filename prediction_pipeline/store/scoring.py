@@ -15,6 +15,9 @@ from prediction_pipeline.store.tables import (
     predictions,
 )
 
+# The leaderboard's group keys: a dimension's bucket column, as named in core.scoring.
+LEADERBOARD_KEYS = {"overall": None, "category": "category", "horizon": "horizon_bucket"}
+
 SCORE_COLUMNS = (
     "prediction_id",
     "model",
@@ -133,6 +136,151 @@ def read_leaderboard(conn: sa.Connection, dimension: str = "overall") -> pd.Data
     query = (
         sa.select(model_leaderboard)
         .where(model_leaderboard.c.dimension == dimension)
-        .order_by(model_leaderboard.c.bucket, model_leaderboard.c.mean_brier)
+        .order_by(
+            model_leaderboard.c.bucket, model_leaderboard.c.mean_brier, model_leaderboard.c.model
+        )
     )
     return pd.DataFrame(conn.execute(query).all(), columns=list(query.selected_columns.keys()))
+
+
+# --------------------------------------------------------------------------- leaderboard inputs
+#
+# The leaderboard is built from SQL aggregates per (model, market[, bucket]): memory grows
+# with the number of markets, never with the number of predictions, and the bootstrap
+# (core.scoring.leaderboard_from_sums) resamples exactly those per-market rows.
+
+
+def _horizon_bucket_sql() -> sa.ColumnElement:
+    """core.scoring.horizon_bucket in SQL: right-closed buckets, none for a missing horizon."""
+    h = forecast_scores.c.horizon_days
+    return sa.case(
+        (h.is_(None), None),
+        (h < 0, None),
+        (h <= 7, "0-7d"),
+        (h <= 30, "8-30d"),
+        (h <= 90, "31-90d"),
+        else_=">90d",
+    )
+
+
+def _bin_sql(bins: int) -> sa.ColumnElement:
+    """core.scoring's equal-width bin of the probability: [i/bins, (i+1)/bins), 1.0 in the last."""
+    p = forecast_scores.c.probability
+    return sa.case(*[(p >= i / bins, i) for i in range(bins - 1, 0, -1)], else_=0)
+
+
+def _resolved_at() -> sa.ColumnElement:
+    # When the answer became knowable: trading stopped (closed_at), else the scheduled end.
+    return sa.func.coalesce(markets.c.closed_at, markets.c.end_date)
+
+
+def _known_answer(cutoffs: dict[str, dt.date]) -> sa.ColumnElement:
+    """Rows whose market resolved before the model's knowledge cutoff: it may know them."""
+    conditions = [
+        sa.and_(
+            forecast_scores.c.model_slug == slug,
+            _resolved_at() < dt.datetime.combine(cutoff, dt.time(), tzinfo=dt.UTC),
+        )
+        for slug, cutoff in cutoffs.items()
+    ]
+    return sa.or_(*conditions) if conditions else sa.false()
+
+
+def _scored_rows(key: str | None, cutoffs: dict[str, dt.date], *extra) -> sa.Subquery:
+    """Scored rows the leaderboard may use (known answers left out), with the bucket key."""
+    columns = [forecast_scores.c.model_slug.label("model"), forecast_scores.c.market_id]
+    if key == "category":
+        columns.append(forecast_scores.c.category.label("category"))
+    elif key == "horizon_bucket":
+        columns.append(_horizon_bucket_sql().label("horizon_bucket"))
+    elif key is not None:
+        raise ValueError(f"unknown leaderboard key {key!r}")
+    return (
+        sa.select(*columns, *extra)
+        .select_from(forecast_scores.join(markets, markets.c.id == forecast_scores.c.market_id))
+        .where(~_known_answer(cutoffs))
+        .subquery()
+    )
+
+
+def _frame(conn: sa.Connection, query: sa.Select) -> pd.DataFrame:
+    return pd.DataFrame(conn.execute(query).all(), columns=list(query.selected_columns.keys()))
+
+
+def leaderboard_market_sums(
+    conn: sa.Connection, key: str | None = None, cutoffs: dict[str, dt.date] | None = None
+) -> pd.DataFrame:
+    """Per (model, market[, key]) sums: core.scoring.market_sums, computed by the database."""
+    fs = forecast_scores
+    priced = fs.c.market_price.is_not(None)
+    rows = _scored_rows(
+        key,
+        cutoffs or {},
+        sa.case((priced, 1.0), else_=0.0).label("priced"),
+        fs.c.brier,
+        fs.c.log_score,
+        sa.case((priced, fs.c.brier), else_=0.0).label("brier_priced"),
+        sa.func.coalesce(fs.c.market_brier, 0.0).label("market_brier"),
+        sa.func.coalesce(fs.c.market_log_score, 0.0).label("market_log_score"),
+    )
+    keys = [rows.c.model, rows.c.market_id] + ([rows.c[key]] if key else [])
+    query = sa.select(
+        *keys,
+        sa.func.count().label("n"),
+        sa.func.sum(rows.c.priced).label("n_priced"),
+        sa.func.sum(rows.c.brier).label("sum_brier"),
+        sa.func.sum(rows.c.log_score).label("sum_log_score"),
+        sa.func.sum(rows.c.brier_priced).label("sum_brier_priced"),
+        sa.func.sum(rows.c.market_brier).label("sum_market_brier"),
+        sa.func.sum(rows.c.market_log_score).label("sum_market_log_score"),
+    ).group_by(*keys)
+    frame = _frame(conn, query)
+    numeric = [
+        "n",
+        "n_priced",
+        "sum_brier",
+        "sum_log_score",
+        "sum_brier_priced",
+        "sum_market_brier",
+        "sum_market_log_score",
+    ]
+    frame[numeric] = frame[numeric].astype("float64")
+    return frame
+
+
+def leaderboard_calibration_sums(
+    conn: sa.Connection,
+    key: str | None = None,
+    cutoffs: dict[str, dt.date] | None = None,
+    bins: int = 10,
+) -> pd.DataFrame:
+    """Per (model[, key], bin): n, sum_p, sum_o (core.scoring.calibration_sums, in SQL)."""
+    fs = forecast_scores
+    rows = _scored_rows(
+        key, cutoffs or {}, _bin_sql(bins).label("bin"), fs.c.probability, fs.c.outcome
+    )
+    keys = [rows.c.model] + ([rows.c[key]] if key else []) + [rows.c.bin]
+    query = sa.select(
+        *keys,
+        sa.func.count().label("n"),
+        sa.func.sum(rows.c.probability).label("sum_p"),
+        sa.func.sum(rows.c.outcome).label("sum_o"),
+    ).group_by(*keys)
+    frame = _frame(conn, query)
+    frame[["sum_p", "sum_o"]] = frame[["sum_p", "sum_o"]].astype("float64")
+    return frame.astype({"n": "int64", "bin": "int64"})
+
+
+def excluded_known_answers(conn: sa.Connection, cutoffs: dict[str, dt.date]) -> dict[str, int]:
+    """Per model with a cutoff: scored predictions left out because the market resolved
+    before the model's knowledge cutoff."""
+    if not cutoffs:
+        return {}
+    query = (
+        sa.select(forecast_scores.c.model_slug, sa.func.count())
+        .select_from(forecast_scores.join(markets, markets.c.id == forecast_scores.c.market_id))
+        .where(_known_answer(cutoffs))
+        .group_by(forecast_scores.c.model_slug)
+    )
+    counts = dict(conn.execute(query).all())
+    return {slug: int(counts.get(slug, 0)) for slug in sorted(cutoffs)}

@@ -72,6 +72,8 @@ models = sa.Table(
     sa.Column("max_in_flight", sa.Integer, nullable=False, server_default="4"),
     sa.Column("requests_per_second", sa.Float, nullable=False, server_default="2"),
     sa.Column("max_cost_usd", sa.Float),  # spend cap per (model, day); NULL = no cap
+    # Questions resolved before this day are left out of the model's scores (it may know them).
+    sa.Column("knowledge_cutoff", sa.Date),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -193,14 +195,23 @@ model_leaderboard = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("dimension", sa.String(16), nullable=False),  # overall | category | horizon
     sa.Column("bucket", sa.String(128), nullable=False),  # "all", a category, "8-30d", ...
-    sa.Column("model", sa.String(200), nullable=False),  # a model slug, or "market"
-    sa.Column("n", sa.Integer, nullable=False),
-    sa.Column("n_market", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),  # a model slug
+    sa.Column("n", sa.Integer, nullable=False),  # predictions
+    sa.Column("n_markets", sa.Integer, nullable=False),  # distinct markets (bootstrap clusters)
+    sa.Column("n_priced", sa.Integer, nullable=False),  # predictions with a market price
     sa.Column("mean_brier", sa.Float),
+    sa.Column("brier_lo", sa.Float),  # 95% interval, cluster bootstrap over markets
+    sa.Column("brier_hi", sa.Float),
     sa.Column("mean_log_score", sa.Float),
-    sa.Column("market_brier", sa.Float),
+    sa.Column("log_score_lo", sa.Float),
+    sa.Column("log_score_hi", sa.Float),
+    sa.Column("market_brier", sa.Float),  # the price on exactly this model's priced rows
     sa.Column("market_log_score", sa.Float),
     sa.Column("skill_vs_market", sa.Float),
+    sa.Column("skill_lo", sa.Float),
+    sa.Column("skill_hi", sa.Float),
+    sa.Column("too_small", sa.Boolean, nullable=False),  # fewer markets than the minimum
+    sa.Column("beats_market", sa.Boolean, nullable=False),  # skill interval above zero
     sa.Column("ece", sa.Float),
     sa.Column("computed_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("dimension", "bucket", "model"),
