@@ -187,6 +187,14 @@ class MarketSourceResource(EnvironmentOnlyResource):
     )
 
     def open(self) -> MarketSource:
+        """The configured source. A configuration mistake (unknown kind, a ForecastBench set
+        missing or malformed) is not transient: it fails at once, without retries."""
+        try:
+            return self._open()
+        except ValueError as exc:
+            raise MarketSourceConfigError(str(exc)) from None
+
+    def _open(self) -> MarketSource:
         if self.kind == "synthetic":
             return SyntheticSource(size=self.synthetic_size, seed=self.synthetic_seed)
         if self.kind == "polymarket":
@@ -203,6 +211,13 @@ class MarketSourceResource(EnvironmentOnlyResource):
             f"unknown market source {self.kind!r}: set PREDICTION_PIPELINE_MARKET_SOURCE to "
             "'synthetic', 'polymarket' or 'forecastbench'"
         )
+
+
+class MarketSourceConfigError(dg.Failure, ValueError):
+    """The market source is misconfigured: only the operator can fix it, so no retries."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, allow_retries=False)
 
 
 class MissingApiKeyError(dg.Failure):

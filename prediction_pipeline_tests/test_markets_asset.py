@@ -92,6 +92,35 @@ def test_unknown_source_is_a_clear_error():
         MarketSourceResource(kind="kalshi").open()
 
 
+def test_a_misconfigured_source_fails_the_run_once_without_retries(database_url):
+    """A configuration mistake is not transient: the RetryPolicy must not retry it."""
+    resources = {
+        "app_db": AppDatabase(url=database_url),
+        "market_source": MarketSourceResource(kind="kalshi"),
+    }
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [markets],
+            partition_key="2026-11-02",
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
+        events = instance.all_logs(result.run_id)
+    assert not result.success
+    starts = [
+        e
+        for e in events
+        if e.dagster_event
+        and e.dagster_event.event_type_value
+        in ("STEP_START", "STEP_RESTARTED", "STEP_UP_FOR_RETRY")
+    ]
+    assert [e.dagster_event.event_type_value for e in starts] == ["STEP_START"]
+    assert "PREDICTION_PIPELINE_MARKET_SOURCE" in str(
+        result.get_step_failure_events()[0].event_specific_data.error
+    )
+
+
 def test_polymarket_source_through_the_asset(database_url, engine):
     """The asset end to end against a Gamma stand-in on loopback: pagination, a malformed
     market skipped and counted, and a held market that left the active list looked up."""
