@@ -88,6 +88,7 @@ class DeliverySettings:
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.connections < 1 or self.max_messages_per_second <= 0:
             raise ValueError("chunk_size and connections must be >= 1, the rate > 0")
+        store.check_lease(self.lease)
 
 
 @dataclass
@@ -97,13 +98,16 @@ class DeliveryReport:
     skipped_nothing_new: int = 0
     skipped_opted_out: int = 0
     skipped_already_sent: int = 0
-    skipped_in_flight: int = 0  # held by a live claim of another delivery
+    skipped_in_flight: int = 0  # held by a live claim of another delivery when we looked
     skipped_failed_earlier: int = 0  # failed for good in an earlier run of the day
     failed_permanent: int = 0
     failed_transient: int = 0  # retries used up: the next run tries again
     released: int = 0  # claimed but never handed over (the batch stopped)
     not_attempted: int = 0  # had news, left unclaimed because the batch had stopped
-    lost_claims: int = 0  # taken over by another delivery while queued (lease too short)
+    lost_claims: int = 0  # taken over by another delivery before our outcome was recorded
+    # Users held by another delivery (or lost to one) and still not settled when this run
+    # ended ({user id: the run holding the claim, or ""}): the day is not complete.
+    held_elsewhere: dict[int, str] = field(default_factory=dict)
     attempts: int = 0  # messages handed to the transport
     retries: int = 0
     maybe_delivered: int = 0  # connection lost after the data went out (then retried)
@@ -121,18 +125,37 @@ class DeliveryReport:
 
     @property
     def skipped(self) -> int:
+        """Users settled for the day without a message from this run."""
         return (
             self.skipped_nothing_new
             + self.skipped_opted_out
             + self.skipped_already_sent
-            + self.skipped_in_flight
             + self.skipped_failed_earlier
         )
 
     @property
     def incomplete(self) -> bool:
-        """Users left to a later run (transient failures, released claims, a stop)."""
-        return bool(self.failed_transient or self.released or self.stopped or self.fatal)
+        """Users left to a later run (transient failures, released claims, a stop, users
+        another delivery held or took over and had not settled by the end of this run)."""
+        return bool(
+            self.failed_transient
+            or self.released
+            or self.stopped
+            or self.fatal
+            or self.held_elsewhere
+        )
+
+    def held_summary(self) -> str:
+        """One line on the users held by another delivery ("" when none)."""
+        if not self.held_elsewhere:
+            return ""
+        runs = sorted({run for run in self.held_elsewhere.values() if run})
+        held_by = f" (held by run {', '.join(runs)})" if runs else ""
+        return (
+            f"{len(self.held_elsewhere)} users claimed by another delivery were not settled by "
+            f"the end of this run{held_by}; a later run sends to them once that claim is "
+            "released or its lease expires"
+        )
 
     @property
     def messages_per_second(self) -> float:
@@ -147,6 +170,8 @@ class DeliveryReport:
             "skipped_opted_out": self.skipped_opted_out,
             "skipped_already_sent": self.skipped_already_sent,
             "skipped_in_flight": self.skipped_in_flight,
+            "lost_claims": self.lost_claims,
+            "held_by_another_delivery": len(self.held_elsewhere),
             "skipped_failed_earlier": self.skipped_failed_earlier,
             "failed": self.failed,
             "failed_permanent": self.failed_permanent,
@@ -185,7 +210,6 @@ class _Job:
     user_id: int
     email: str
     outgoing: OutgoingEmail
-    claimed_at: float  # time.monotonic() of the claim
 
 
 class _Stopped(Exception):
@@ -274,6 +298,7 @@ class DigestDelivery:
         self._first_handover: float | None = None
         self._last_handover: float | None = None
         self._cache = _ContentCache(day)
+        self._held: set[int] = set()  # users another delivery held or took over
 
     # -- the run -----------------------------------------------------------------------
 
@@ -299,13 +324,27 @@ class DigestDelivery:
                 thread.join()
             self._outcomes.put(_STOP)
             ledger.join()
+            self._recheck_held()
             self.report.elapsed_s = time.monotonic() - started
             if self._first_handover is not None and self._last_handover is not None:
                 self.report.send_window_s = self._last_handover - self._first_handover
         return self.report
 
-    def _stale_before(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC) - self.settings.lease
+    def _hold(self, user_ids: Collection[int]) -> None:
+        with self._lock:
+            self._held.update(user_ids)
+
+    def _recheck_held(self) -> None:
+        """After the batch, look again at the users another delivery held: those it has
+        settled since are done; the rest leave the day incomplete (a later run, or this
+        step's retry, takes them over once the claim is released or has expired)."""
+        if not self._held:
+            return
+        try:
+            with self.engine.connect() as conn:
+                self.report.held_elsewhere = store.unresolved(conn, self.day, self._held)
+        except sa.exc.OperationalError:  # cannot tell: none of them counts as settled
+            self.report.held_elsewhere = dict.fromkeys(self._held, "")
 
     def _halt(self, reason: str, *, fatal: bool = False) -> None:
         with self._lock:
@@ -336,7 +375,6 @@ class DigestDelivery:
 
     def _chunk(self, users: Sequence[store.DigestUser]) -> None:
         report = self.report
-        stale_before = self._stale_before()
         with self.engine.connect() as conn:
             ledger = store.deliveries(conn, self.day, [u.user_id for u in users])
             candidates: list[store.DigestUser] = []
@@ -350,8 +388,9 @@ class DigestDelivery:
                     and row.error_kind == store.PERMANENT
                 ):
                     report.skipped_failed_earlier += 1
-                elif not store.is_claimable(row, stale_before, self.dead_runs):
+                elif not store.is_claimable(row, self.dead_runs):
                     report.skipped_in_flight += 1
+                    self._hold([user.user_id])
                 else:
                     candidates.append(user)
             active = [u for u in candidates if u.subscribed]
@@ -385,9 +424,7 @@ class DigestDelivery:
         report.skipped_nothing_new += sum(r == store.NOTHING_NEW for r in skips.values())
         if skips:
             with self.engine.begin() as conn:
-                store.record_skips(
-                    conn, self.day, skips, stale_before=stale_before, dead_runs=self.dead_runs
-                )
+                store.record_skips(conn, self.day, skips, dead_runs=self.dead_runs)
         if not digests:
             return
         if self._stop.is_set():
@@ -405,18 +442,18 @@ class DigestDelivery:
                 message_ids,
                 token=self.token,
                 run_id=self.run_id,
-                stale_before=stale_before,
+                lease=self.settings.lease,
                 dead_runs=self.dead_runs,
             )
         report.skipped_in_flight += len(digests) - len(claimed)  # another delivery won them
-        claimed_at = time.monotonic()
+        self._hold(digests.keys() - claimed)
         pending = sorted(claimed)
         queued = 0
         try:
             for uid in pending:
                 if self._stop.is_set():
                     return
-                job = self._render(digests[uid], claimed_at)
+                job = self._render(digests[uid])
                 while True:  # a queued job belongs to the senders from here on
                     if self._stop.is_set():
                         return
@@ -431,7 +468,7 @@ class DigestDelivery:
                 reason = self.report.fatal or self.report.stopped or "delivery aborted"
                 self._release_now(pending[queued:], reason)
 
-    def _render(self, digest: core.Digest, claimed_at: float) -> _Job:
+    def _render(self, digest: core.Digest) -> _Job:
         rendered = self.renderer.render(digest)
         message = core.build_message(rendered, digest.recipient, self.renderer.sender)
         if self.report.preview is None:
@@ -441,7 +478,7 @@ class DigestDelivery:
             )
         user = digest.recipient
         outgoing = OutgoingEmail(self.sender, user.email, rendered.message_id, message.as_bytes())
-        return _Job(user.user_id, user.email, outgoing, claimed_at)
+        return _Job(user.user_id, user.email, outgoing)
 
     def _release_now(self, user_ids: Sequence[int], reason: str) -> None:
         with self.engine.begin() as conn:
@@ -499,25 +536,27 @@ class DigestDelivery:
             for attempt in retrying:
                 with attempt:
                     attempt_no += 1
-                    if self._stop.is_set():
+                    if self._stop.is_set() or not self._pacer.wait(self._stop):
                         raise _Stopped()
-                    if attempt_no > 1:
-                        # Each further attempt is claimed (attempts + 1) before it is sent.
-                        with self.engine.begin() as conn:
+                    # After the wait, right before the handover: a fresh lease (a claim that
+                    # waited in the queue or for the rate limit must not expire mid-send),
+                    # and each further attempt is claimed (attempts + 1) before it is sent.
+                    with self.engine.begin() as conn:
+                        if attempt_no > 1:
                             held = store.claim_retry(
-                                conn, self.day, job.user_id, self.token, last_error
+                                conn,
+                                self.day,
+                                job.user_id,
+                                self.token,
+                                last_error,
+                                self.settings.lease,
                             )
-                            if not held:
-                                raise _LostClaim()
-                        unsent_claim = True
-                    elif (
-                        time.monotonic() - job.claimed_at > self.settings.lease.total_seconds() / 2
-                    ):
-                        with self.engine.begin() as conn:
-                            if not store.refresh_claim(conn, self.day, job.user_id, self.token):
-                                raise _LostClaim()
-                    if not self._pacer.wait(self._stop):
-                        raise _Stopped()
+                        else:
+                            held = store.refresh_claim(
+                                conn, self.day, job.user_id, self.token, self.settings.lease
+                            )
+                    if not held:
+                        raise _LostClaim()
                     unsent_claim = False
                     try:
                         provider_id = self._handover(session, job)
@@ -583,16 +622,7 @@ class DigestDelivery:
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
-                    for kind, job, detail in outcomes:
-                        if kind == "sent":
-                            store.mark_sent(conn, self.day, job.user_id, self.token, detail)
-                        elif kind == "failed":
-                            error_kind, error = detail
-                            store.mark_failed(
-                                conn, self.day, job.user_id, self.token, error_kind, error
-                            )
-                        elif kind == "release":
-                            store.release(conn, self.day, job.user_id, self.token, detail)
+                    recorded = [self._record(conn, *outcome) for outcome in outcomes]
                 break
             except sa.exc.OperationalError as exc:
                 if attempt == 2:
@@ -601,10 +631,23 @@ class DigestDelivery:
                     logger.error("digest ledger write failed; %d outcomes lost", len(outcomes))
                     return
                 time.sleep(0.5 * (attempt + 1))
+        results = list(zip(outcomes, recorded, strict=True))
+        self._hold([job.user_id for (_, job, _), ok in results if not ok])
         with self._lock:
             r = self.report
-            for kind, job, detail in outcomes:
-                if kind == "sent":
+            for (kind, job, detail), ok in results:
+                if not ok:
+                    r.lost_claims += 1
+                    if kind == "sent":
+                        # Handed over, but another delivery had taken the row over (our lease
+                        # ran out mid-send): not ours to count; that delivery settles the user.
+                        logger.warning(
+                            "digest %s to %s: sent, but another delivery had taken the claim "
+                            "over; not counted as sent by this run",
+                            self.day,
+                            job.email,
+                        )
+                elif kind == "sent":
                     r.sent += 1
                 elif kind == "failed":
                     if detail[0] == store.PERMANENT:
@@ -615,8 +658,17 @@ class DigestDelivery:
                         r.failures.append((job.email, detail[1]))
                 elif kind == "release":
                     r.released += 1
-                elif kind == "lost":
-                    r.lost_claims += 1
+
+    def _record(self, conn: sa.Connection, kind: str, job: _Job, detail) -> bool:
+        """Write one outcome; False if the claim is no longer ours (nothing is written)."""
+        if kind == "sent":
+            return store.mark_sent(conn, self.day, job.user_id, self.token, detail)
+        if kind == "failed":
+            error_kind, error = detail
+            return store.mark_failed(conn, self.day, job.user_id, self.token, error_kind, error)
+        if kind == "release":
+            return store.release(conn, self.day, job.user_id, self.token, detail)
+        return False  # "lost": found out before the send
 
 
 def deliver_digests(

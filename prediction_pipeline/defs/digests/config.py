@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from prediction_pipeline.core.digests import DEFAULT_MIN_PRICE_CHANGE
+from prediction_pipeline.store.digests import MIN_LEASE
 
 
 class DigestsConfig(dg.Config):
@@ -38,9 +39,11 @@ class DigestsConfig(dg.Config):
     )
     pending_lease_minutes: float = Field(
         default=30.0,
-        ge=0,
-        description="A `pending` claim older than this, from a run that crashed, is retried "
-        "(at-least-once: the same Message-ID makes a second copy deduplicable).",
+        ge=MIN_LEASE.total_seconds() / 60,
+        description="How long a claim stays live (on the database's clock) after it was taken "
+        "or refreshed right before its send; a `pending` claim past it, from a run that "
+        "crashed, is retried (at-least-once: the same Message-ID makes a second copy "
+        "deduplicable). At least 1 minute: a lease must outlast one send.",
     )
     retries_when_incomplete: int = Field(
         default=3,
