@@ -278,9 +278,10 @@ def check_lease(lease: dt.timedelta) -> dt.timedelta:
     """A claim's lease must outlast one send; shorter ones let two deliveries both send."""
     if lease < MIN_LEASE:
         raise ValueError(
-            f"the digest claim lease must be at least {MIN_LEASE.total_seconds() / 60:g} "
-            f"minute(s), got {lease.total_seconds() / 60:g}: a claim that expires while its "
-            "message is being sent lets another run send it too"
+            "the digest claim lease (pending_lease_minutes) must be at least "
+            f"{MIN_LEASE.total_seconds() / 60:g} minute(s), got "
+            f"{lease.total_seconds() / 60:g}: a claim that expires while its message is being "
+            "sent lets another run send it too"
         )
     return lease
 

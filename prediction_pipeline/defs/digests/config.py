@@ -4,7 +4,6 @@ import dagster as dg
 from pydantic import Field
 
 from prediction_pipeline.core.digests import DEFAULT_MIN_PRICE_CHANGE
-from prediction_pipeline.store.digests import MIN_LEASE
 
 
 class DigestsConfig(dg.Config):
@@ -39,7 +38,8 @@ class DigestsConfig(dg.Config):
     )
     pending_lease_minutes: float = Field(
         default=30.0,
-        ge=MIN_LEASE.total_seconds() / 60,
+        # Checked by the asset (at least MIN_LEASE), which fails at once with a clear error:
+        # a pydantic bound here would fail the step with an error the retry policy retries.
         description="How long a claim stays live (on the database's clock) after it was taken "
         "or refreshed right before its send; a `pending` claim past it, from a run that "
         "crashed, is retried (at-least-once: the same Message-ID makes a second copy "
