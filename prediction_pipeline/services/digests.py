@@ -8,26 +8,36 @@ How a delivery runs (`deliver_digests`):
    alone. Opted-out users and users with nothing new are recorded as `skipped` (with the
    reason; a later run of the day looks at them again, so news that lands later still goes out).
 2. The users with news are *claimed* in one committed transaction: their rows become `pending`
-   with `attempts + 1`, this delivery's claim token, the Dagster run id and `claimed_at`.
-   Then each digest is rendered and queued for the senders.
+   with `attempts + 1`, this delivery's claim token, the Dagster run id and a lease
+   (`lease_expires_at`, on the database's clock). Then each digest is rendered and queued.
 3. `connections` sender threads, each with its own SMTP connection (or outbox session), take
    messages from the queue at no more than `max_messages_per_second` in all (monotonic pacing,
-   no bursts), and retry transient failures with exponential backoff and jitter; every further
-   attempt is claimed first (`attempts + 1`, committed) so the ledger counts what was handed
-   to the transport. Permanent rejections (SMTP 5xx) are final: one attempt, `failed`.
+   no bursts), and retry transient failures with exponential backoff and jitter. After the
+   pacing wait and right before each handover the claim gets a fresh lease (one committed
+   update; a further attempt also counts `attempts + 1`), so the whole lease covers the send
+   and the ledger counts what was handed to the transport. If the claim is no longer ours, the
+   message is not sent. Permanent rejections (SMTP 5xx) are final: one attempt, `failed`.
 4. Outcomes are written back by one ledger thread (group commit: whatever finished since its
    last commit goes into the next transaction): `sent` with the provider's id, `failed` with
    the error and its kind, or *released* (claimed but never handed over: the batch stopped).
+   Each write is fenced by the claim token: if another delivery took the row over meanwhile,
+   nothing is written and the outcome counts as a *lost claim*, not as sent by this run.
 
 Why no user gets two emails: a row is claimed by one delivery at a time (a conditional upsert,
-atomic on SQLite and PostgreSQL), `sent` rows are never claimed again, and the claim is
-committed before the message is handed over.
+atomic on SQLite and PostgreSQL), `sent` rows are never claimed again, the claim is committed
+before the message is handed over, and a live claim is never taken over: its lease (at least
+one minute, renewed right before the send) is judged by the database's clock, so a sender
+whose clock runs ahead, or that is configured with a shorter lease, still sees it as live.
 
 Why no user is skipped: every failure path leaves the row claimable by the next run
 (`failed`/transient, released) and the asset fails so that Dagster's retry policy re-runs it;
 only a process killed outright leaves a row `pending`, and that claim is treated as dead once
-its run is finished (asked of the Dagster instance) or once it is older than the lease
-(`pending_lease_minutes`, default 30): then it is sent again.
+its run is finished (asked of the Dagster instance) or once its lease has expired
+(`pending_lease_minutes`, default 30): then it is sent again. Users held by another delivery's
+claim are not settled by this run: they are looked at again after the batch, and those still
+not `sent`, `failed` for good or `skipped` leave the run *incomplete* (`held_elsewhere`), so
+the asset fails (after its own retries) instead of ending green while they wait on a claim
+that may belong to a dead process.
 
 The crash window, and the choice made: between "the server accepted the message" and "the
 ledger says sent" a crash (or a connection lost after the data went out) leaves the row
