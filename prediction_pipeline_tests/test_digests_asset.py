@@ -499,6 +499,7 @@ def test_claims_of_a_finished_run_are_taken_over_without_waiting_for_the_lease(
                 run_id=finished.run_id,
                 claim_token="dead",
                 claimed_at=dt.datetime.now(dt.UTC),
+                lease_expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),  # still live
             )
         )
     result = run(database_url, instance, smtp_transport(smtp))

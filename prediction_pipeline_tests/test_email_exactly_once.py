@@ -91,11 +91,11 @@ def skew_clocks(patch) -> None:
     patch(delivery, "dt", clock)
 
 
-def hold_claim(engine, address: str, *, token="other", run_id="other-run", live=True) -> int:
-    """Another delivery's `pending` claim on `address`'s row of DAY: live (its lease runs a
-    day more) or expired."""
+def hold_claim(engine, address: str, lease: dt.timedelta = dt.timedelta(days=1)) -> int:
+    """Another delivery's live `pending` claim (token "other", run "other-run") on
+    `address`'s row of DAY, its lease running `lease` more."""
     uid = user_id(engine, address)
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1 if live else -1)
+    expires = dt.datetime.now(dt.UTC) + lease
     with engine.begin() as conn:
         conn.execute(
             digest_deliveries.insert().values(
@@ -103,8 +103,8 @@ def hold_claim(engine, address: str, *, token="other", run_id="other-run", live=
                 day=DAY,
                 status="pending",
                 attempts=1,
-                run_id=run_id,
-                claim_token=token,
+                run_id="other-run",
+                claim_token="other",
                 claimed_at=dt.datetime.now(dt.UTC),
                 lease_expires_at=expires,
                 created_at=dt.datetime.now(dt.UTC),
@@ -230,14 +230,8 @@ def test_a_lease_under_a_minute_is_refused_with_a_clear_error(
 def test_a_sender_whose_clock_runs_ahead_does_not_take_a_live_claim(
     database_url, engine, world, smtp, monkeypatch
 ):
-    held = hold_claim(engine, SUBSCRIBERS[0])  # live on the database's clock
-    with engine.begin() as conn:
-        # Its lease runs out in 30 minutes: an hour ahead, Python would call it expired.
-        conn.execute(
-            sa.update(digest_deliveries)
-            .where(D.user_id == held)
-            .values(lease_expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=30))
-        )
+    # Live for 30 more minutes: a clock an hour ahead would call it expired.
+    held = hold_claim(engine, SUBSCRIBERS[0], lease=dt.timedelta(minutes=30))
     skew_clocks(monkeypatch.setattr)
     report = deliver_digests(
         engine, SmtpTransport.from_url(smtp.url), DigestRenderer(SECRET), DAY, settings()
