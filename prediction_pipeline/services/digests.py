@@ -434,7 +434,9 @@ class DigestDelivery:
         report.skipped_nothing_new += sum(r == store.NOTHING_NEW for r in skips.values())
         if skips:
             with self.engine.begin() as conn:
-                store.record_skips(conn, self.day, skips, dead_runs=self.dead_runs)
+                written = store.record_skips(conn, self.day, skips, dead_runs=self.dead_runs)
+            # Not written: settled meanwhile, or claimed by another delivery since we looked.
+            self._hold(skips.keys() - written)
         if not digests:
             return
         if self._stop.is_set():

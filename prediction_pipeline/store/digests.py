@@ -294,7 +294,7 @@ def _db_now(conn: sa.Connection, plus: dt.timedelta | None = None) -> sa.ColumnE
         # milliseconds of %f), so that comparisons with stored values are exact.
         modifiers = [] if plus is None else [f"{plus.total_seconds():+.3f} seconds"]
         return sa.func.strftime("%Y-%m-%d %H:%M:%f000", "now", *modifiers)
-    now = sa.func.now()  # the transaction's start: never later than the real time
+    now = sa.func.now()  # the start of the (short) transaction: never later than real time
     return now if plus is None else now + sa.literal(plus, sa.Interval())
 
 
@@ -338,13 +338,13 @@ def record_skips(
     *,
     dead_runs: Collection[str] = (),
     now: dt.datetime | None = None,
-) -> int:
+) -> set[int]:
     """Record `skipped` (with its reason) for users not sent a digest, unless their row is
-    sent, permanently failed or held by a live claim. Returns the rows written."""
+    sent, permanently failed or held by a live claim. Returns the users written."""
     if not reasons:
-        return 0
+        return set()
     now = now or dt.datetime.now(dt.UTC)
-    written = 0
+    written: set[int] = set()
     items = sorted(reasons.items())
     for chunk in _chunks(items):
         insert = dialect_insert(conn, digest_deliveries)
@@ -372,7 +372,7 @@ def record_skips(
             }
             for user_id, reason in chunk
         ]
-        written += len(conn.execute(statement, rows).all())
+        written.update(conn.scalars(statement, rows).all())
     return written
 
 
