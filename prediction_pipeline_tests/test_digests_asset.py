@@ -187,6 +187,16 @@ def ledger(engine) -> dict[str, object]:
         return {row.email: row for row in digest_store.delivery_rows(conn, DAY)}
 
 
+def expire_leases(engine) -> None:
+    """As if the leases of all pending claims had run out (instead of waiting a minute)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(digest_deliveries)
+            .where(digest_deliveries.c.status == "pending")
+            .values(lease_expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        )
+
+
 def user_id(engine, address: str) -> int:
     with engine.connect() as conn:
         return user_store.get_user(conn, address).id
@@ -446,12 +456,16 @@ def test_a_crash_after_the_server_accepted_resends_with_the_same_message_id(
     assert len(pending) + len(sent) == 5 and len(sent) <= 2
 
     # The claims are fresh and their delivery had no Dagster run to ask about: a run now
-    # leaves them alone (they might still be in flight)...
+    # leaves them alone (they might still be in flight), and the day is not complete...
     result = run(database_url, instance, smtp_transport(smtp))
-    meta = materialization_metadata(result, "watchlist_digests")
-    assert (meta["sent"], meta["skipped_in_flight"]) == (0, len(pending))
-    # ... until the lease expires: then they are sent again (at-least-once).
-    result = run(database_url, instance, smtp_transport(smtp), pending_lease_minutes=0)
+    assert not result.success
+    assert f"{len(pending)} users claimed by another delivery" in step_error(result)
+    assert len(smtp.received()) == 3
+    # ... until the lease expires (on the database's clock): then they are sent again
+    # (at-least-once).
+    expire_leases(engine)
+    result = run(database_url, instance, smtp_transport(smtp))
+    assert result.success, step_error(result)
     meta = materialization_metadata(result, "watchlist_digests")
     assert meta["sent"] == len(pending)
     counts = smtp.received_by()
@@ -485,6 +499,7 @@ def test_claims_of_a_finished_run_are_taken_over_without_waiting_for_the_lease(
                 run_id=finished.run_id,
                 claim_token="dead",
                 claimed_at=dt.datetime.now(dt.UTC),
+                lease_expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),  # still live
             )
         )
     result = run(database_url, instance, smtp_transport(smtp))

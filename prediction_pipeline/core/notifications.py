@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.message
+import email.utils
 from collections.abc import Mapping, Sequence
 
 
@@ -16,8 +18,9 @@ def session_summary(
     credits_refunded: int,
     market_price: float | None,
 ) -> tuple[str, str]:
-    """(subject, body) of the session notification."""
-    subject = f"Your forecast session is {status}: {question[:80]}"
+    """(subject, body) of the session notification. The subject is one line whatever the
+    question holds (a header value with a line break is refused by `email`)."""
+    subject = f"Your forecast session is {one_line(status)}: {one_line(question)[:80]}"
     lines = [f"Question: {question}", ""]
     if market_price is not None:
         lines.append(f"Market price (YES): {market_price:.1%}")
@@ -33,3 +36,22 @@ def session_summary(
         f"{credits_refunded}.",
     ]
     return subject, "\n".join(lines) + "\n"
+
+
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace (line breaks included) as one space."""
+    return " ".join(text.split())
+
+
+def session_message(
+    subject: str, body: str, *, sender: str, recipient: str, message_id: str
+) -> bytes:
+    """The notification as RFC 5322 bytes (raises ValueError on an unusable header)."""
+    message = email.message.EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message["Message-ID"] = message_id
+    message.set_content(body)
+    return message.as_bytes()

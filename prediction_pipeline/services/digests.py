@@ -8,26 +8,36 @@ How a delivery runs (`deliver_digests`):
    alone. Opted-out users and users with nothing new are recorded as `skipped` (with the
    reason; a later run of the day looks at them again, so news that lands later still goes out).
 2. The users with news are *claimed* in one committed transaction: their rows become `pending`
-   with `attempts + 1`, this delivery's claim token, the Dagster run id and `claimed_at`.
-   Then each digest is rendered and queued for the senders.
+   with `attempts + 1`, this delivery's claim token, the Dagster run id and a lease
+   (`lease_expires_at`, on the database's clock). Then each digest is rendered and queued.
 3. `connections` sender threads, each with its own SMTP connection (or outbox session), take
    messages from the queue at no more than `max_messages_per_second` in all (monotonic pacing,
-   no bursts), and retry transient failures with exponential backoff and jitter; every further
-   attempt is claimed first (`attempts + 1`, committed) so the ledger counts what was handed
-   to the transport. Permanent rejections (SMTP 5xx) are final: one attempt, `failed`.
+   no bursts), and retry transient failures with exponential backoff and jitter. After the
+   pacing wait and right before each handover the claim gets a fresh lease (one committed
+   update; a further attempt also counts `attempts + 1`), so the whole lease covers the send
+   and the ledger counts what was handed to the transport. If the claim is no longer ours, the
+   message is not sent. Permanent rejections (SMTP 5xx) are final: one attempt, `failed`.
 4. Outcomes are written back by one ledger thread (group commit: whatever finished since its
    last commit goes into the next transaction): `sent` with the provider's id, `failed` with
    the error and its kind, or *released* (claimed but never handed over: the batch stopped).
+   Each write is fenced by the claim token: if another delivery took the row over meanwhile,
+   nothing is written and the outcome counts as a *lost claim*, not as sent by this run.
 
 Why no user gets two emails: a row is claimed by one delivery at a time (a conditional upsert,
-atomic on SQLite and PostgreSQL), `sent` rows are never claimed again, and the claim is
-committed before the message is handed over.
+atomic on SQLite and PostgreSQL), `sent` rows are never claimed again, the claim is committed
+before the message is handed over, and a live claim is never taken over: its lease (at least
+one minute, renewed right before the send) is judged by the database's clock, so a sender
+whose clock runs ahead, or that is configured with a shorter lease, still sees it as live.
 
 Why no user is skipped: every failure path leaves the row claimable by the next run
 (`failed`/transient, released) and the asset fails so that Dagster's retry policy re-runs it;
 only a process killed outright leaves a row `pending`, and that claim is treated as dead once
-its run is finished (asked of the Dagster instance) or once it is older than the lease
-(`pending_lease_minutes`, default 30): then it is sent again.
+its run is finished (asked of the Dagster instance) or once its lease has expired
+(`pending_lease_minutes`, default 30): then it is sent again. Users held by another delivery's
+claim are not settled by this run: they are looked at again after the batch, and those still
+not `sent`, `failed` for good or `skipped` leave the run *incomplete* (`held_elsewhere`), so
+the asset fails (after its own retries) instead of ending green while they wait on a claim
+that may belong to a dead process.
 
 The crash window, and the choice made: between "the server accepted the message" and "the
 ledger says sent" a crash (or a connection lost after the data went out) leaves the row
@@ -88,6 +98,7 @@ class DeliverySettings:
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.connections < 1 or self.max_messages_per_second <= 0:
             raise ValueError("chunk_size and connections must be >= 1, the rate > 0")
+        store.check_lease(self.lease)
 
 
 @dataclass
@@ -97,13 +108,16 @@ class DeliveryReport:
     skipped_nothing_new: int = 0
     skipped_opted_out: int = 0
     skipped_already_sent: int = 0
-    skipped_in_flight: int = 0  # held by a live claim of another delivery
+    skipped_in_flight: int = 0  # held by a live claim of another delivery when we looked
     skipped_failed_earlier: int = 0  # failed for good in an earlier run of the day
     failed_permanent: int = 0
     failed_transient: int = 0  # retries used up: the next run tries again
     released: int = 0  # claimed but never handed over (the batch stopped)
     not_attempted: int = 0  # had news, left unclaimed because the batch had stopped
-    lost_claims: int = 0  # taken over by another delivery while queued (lease too short)
+    lost_claims: int = 0  # taken over by another delivery before our outcome was recorded
+    # Users held by another delivery (or lost to one) and still not settled when this run
+    # ended ({user id: the run holding the claim, or ""}): the day is not complete.
+    held_elsewhere: dict[int, str] = field(default_factory=dict)
     attempts: int = 0  # messages handed to the transport
     retries: int = 0
     maybe_delivered: int = 0  # connection lost after the data went out (then retried)
@@ -121,18 +135,37 @@ class DeliveryReport:
 
     @property
     def skipped(self) -> int:
+        """Users settled for the day without a message from this run."""
         return (
             self.skipped_nothing_new
             + self.skipped_opted_out
             + self.skipped_already_sent
-            + self.skipped_in_flight
             + self.skipped_failed_earlier
         )
 
     @property
     def incomplete(self) -> bool:
-        """Users left to a later run (transient failures, released claims, a stop)."""
-        return bool(self.failed_transient or self.released or self.stopped or self.fatal)
+        """Users left to a later run (transient failures, released claims, a stop, users
+        another delivery held or took over and had not settled by the end of this run)."""
+        return bool(
+            self.failed_transient
+            or self.released
+            or self.stopped
+            or self.fatal
+            or self.held_elsewhere
+        )
+
+    def held_summary(self) -> str:
+        """One line on the users held by another delivery ("" when none)."""
+        if not self.held_elsewhere:
+            return ""
+        runs = sorted({run for run in self.held_elsewhere.values() if run})
+        held_by = f" (held by run {', '.join(runs)})" if runs else ""
+        return (
+            f"{len(self.held_elsewhere)} users claimed by another delivery were not settled by "
+            f"the end of this run{held_by}; a later run sends to them once that claim is "
+            "released or its lease expires"
+        )
 
     @property
     def messages_per_second(self) -> float:
@@ -147,6 +180,8 @@ class DeliveryReport:
             "skipped_opted_out": self.skipped_opted_out,
             "skipped_already_sent": self.skipped_already_sent,
             "skipped_in_flight": self.skipped_in_flight,
+            "lost_claims": self.lost_claims,
+            "held_by_another_delivery": len(self.held_elsewhere),
             "skipped_failed_earlier": self.skipped_failed_earlier,
             "failed": self.failed,
             "failed_permanent": self.failed_permanent,
@@ -185,7 +220,6 @@ class _Job:
     user_id: int
     email: str
     outgoing: OutgoingEmail
-    claimed_at: float  # time.monotonic() of the claim
 
 
 class _Stopped(Exception):
@@ -274,6 +308,7 @@ class DigestDelivery:
         self._first_handover: float | None = None
         self._last_handover: float | None = None
         self._cache = _ContentCache(day)
+        self._held: set[int] = set()  # users another delivery held or took over
 
     # -- the run -----------------------------------------------------------------------
 
@@ -299,13 +334,27 @@ class DigestDelivery:
                 thread.join()
             self._outcomes.put(_STOP)
             ledger.join()
+            self._recheck_held()
             self.report.elapsed_s = time.monotonic() - started
             if self._first_handover is not None and self._last_handover is not None:
                 self.report.send_window_s = self._last_handover - self._first_handover
         return self.report
 
-    def _stale_before(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC) - self.settings.lease
+    def _hold(self, user_ids: Collection[int]) -> None:
+        with self._lock:
+            self._held.update(user_ids)
+
+    def _recheck_held(self) -> None:
+        """After the batch, look again at the users another delivery held: those it has
+        settled since are done; the rest leave the day incomplete (a later run, or this
+        step's retry, takes them over once the claim is released or has expired)."""
+        if not self._held:
+            return
+        try:
+            with self.engine.connect() as conn:
+                self.report.held_elsewhere = store.unresolved(conn, self.day, self._held)
+        except sa.exc.OperationalError:  # cannot tell: none of them counts as settled
+            self.report.held_elsewhere = dict.fromkeys(self._held, "")
 
     def _halt(self, reason: str, *, fatal: bool = False) -> None:
         with self._lock:
@@ -336,7 +385,6 @@ class DigestDelivery:
 
     def _chunk(self, users: Sequence[store.DigestUser]) -> None:
         report = self.report
-        stale_before = self._stale_before()
         with self.engine.connect() as conn:
             ledger = store.deliveries(conn, self.day, [u.user_id for u in users])
             candidates: list[store.DigestUser] = []
@@ -350,8 +398,9 @@ class DigestDelivery:
                     and row.error_kind == store.PERMANENT
                 ):
                     report.skipped_failed_earlier += 1
-                elif not store.is_claimable(row, stale_before, self.dead_runs):
+                elif not store.is_claimable(row, self.dead_runs):
                     report.skipped_in_flight += 1
+                    self._hold([user.user_id])
                 else:
                     candidates.append(user)
             active = [u for u in candidates if u.subscribed]
@@ -385,9 +434,9 @@ class DigestDelivery:
         report.skipped_nothing_new += sum(r == store.NOTHING_NEW for r in skips.values())
         if skips:
             with self.engine.begin() as conn:
-                store.record_skips(
-                    conn, self.day, skips, stale_before=stale_before, dead_runs=self.dead_runs
-                )
+                written = store.record_skips(conn, self.day, skips, dead_runs=self.dead_runs)
+            # Not written: settled meanwhile, or claimed by another delivery since we looked.
+            self._hold(skips.keys() - written)
         if not digests:
             return
         if self._stop.is_set():
@@ -405,18 +454,18 @@ class DigestDelivery:
                 message_ids,
                 token=self.token,
                 run_id=self.run_id,
-                stale_before=stale_before,
+                lease=self.settings.lease,
                 dead_runs=self.dead_runs,
             )
         report.skipped_in_flight += len(digests) - len(claimed)  # another delivery won them
-        claimed_at = time.monotonic()
+        self._hold(digests.keys() - claimed)
         pending = sorted(claimed)
         queued = 0
         try:
             for uid in pending:
                 if self._stop.is_set():
                     return
-                job = self._render(digests[uid], claimed_at)
+                job = self._render(digests[uid])
                 while True:  # a queued job belongs to the senders from here on
                     if self._stop.is_set():
                         return
@@ -431,7 +480,7 @@ class DigestDelivery:
                 reason = self.report.fatal or self.report.stopped or "delivery aborted"
                 self._release_now(pending[queued:], reason)
 
-    def _render(self, digest: core.Digest, claimed_at: float) -> _Job:
+    def _render(self, digest: core.Digest) -> _Job:
         rendered = self.renderer.render(digest)
         message = core.build_message(rendered, digest.recipient, self.renderer.sender)
         if self.report.preview is None:
@@ -441,7 +490,7 @@ class DigestDelivery:
             )
         user = digest.recipient
         outgoing = OutgoingEmail(self.sender, user.email, rendered.message_id, message.as_bytes())
-        return _Job(user.user_id, user.email, outgoing, claimed_at)
+        return _Job(user.user_id, user.email, outgoing)
 
     def _release_now(self, user_ids: Sequence[int], reason: str) -> None:
         with self.engine.begin() as conn:
@@ -499,25 +548,27 @@ class DigestDelivery:
             for attempt in retrying:
                 with attempt:
                     attempt_no += 1
-                    if self._stop.is_set():
+                    if self._stop.is_set() or not self._pacer.wait(self._stop):
                         raise _Stopped()
-                    if attempt_no > 1:
-                        # Each further attempt is claimed (attempts + 1) before it is sent.
-                        with self.engine.begin() as conn:
+                    # After the wait, right before the handover: a fresh lease (a claim that
+                    # waited in the queue or for the rate limit must not expire mid-send),
+                    # and each further attempt is claimed (attempts + 1) before it is sent.
+                    with self.engine.begin() as conn:
+                        if attempt_no > 1:
                             held = store.claim_retry(
-                                conn, self.day, job.user_id, self.token, last_error
+                                conn,
+                                self.day,
+                                job.user_id,
+                                self.token,
+                                last_error,
+                                self.settings.lease,
                             )
-                            if not held:
-                                raise _LostClaim()
-                        unsent_claim = True
-                    elif (
-                        time.monotonic() - job.claimed_at > self.settings.lease.total_seconds() / 2
-                    ):
-                        with self.engine.begin() as conn:
-                            if not store.refresh_claim(conn, self.day, job.user_id, self.token):
-                                raise _LostClaim()
-                    if not self._pacer.wait(self._stop):
-                        raise _Stopped()
+                        else:
+                            held = store.refresh_claim(
+                                conn, self.day, job.user_id, self.token, self.settings.lease
+                            )
+                    if not held:
+                        raise _LostClaim()
                     unsent_claim = False
                     try:
                         provider_id = self._handover(session, job)
@@ -583,16 +634,7 @@ class DigestDelivery:
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
-                    for kind, job, detail in outcomes:
-                        if kind == "sent":
-                            store.mark_sent(conn, self.day, job.user_id, self.token, detail)
-                        elif kind == "failed":
-                            error_kind, error = detail
-                            store.mark_failed(
-                                conn, self.day, job.user_id, self.token, error_kind, error
-                            )
-                        elif kind == "release":
-                            store.release(conn, self.day, job.user_id, self.token, detail)
+                    recorded = [self._record(conn, *outcome) for outcome in outcomes]
                 break
             except sa.exc.OperationalError as exc:
                 if attempt == 2:
@@ -601,10 +643,23 @@ class DigestDelivery:
                     logger.error("digest ledger write failed; %d outcomes lost", len(outcomes))
                     return
                 time.sleep(0.5 * (attempt + 1))
+        results = list(zip(outcomes, recorded, strict=True))
+        self._hold([job.user_id for (_, job, _), ok in results if not ok])
         with self._lock:
             r = self.report
-            for kind, job, detail in outcomes:
-                if kind == "sent":
+            for (kind, job, detail), ok in results:
+                if not ok:
+                    r.lost_claims += 1
+                    if kind == "sent":
+                        # Handed over, but another delivery had taken the row over (our lease
+                        # ran out mid-send): not ours to count; that delivery settles the user.
+                        logger.warning(
+                            "digest %s to %s: sent, but another delivery had taken the claim "
+                            "over; not counted as sent by this run",
+                            self.day,
+                            job.email,
+                        )
+                elif kind == "sent":
                     r.sent += 1
                 elif kind == "failed":
                     if detail[0] == store.PERMANENT:
@@ -615,8 +670,17 @@ class DigestDelivery:
                         r.failures.append((job.email, detail[1]))
                 elif kind == "release":
                     r.released += 1
-                elif kind == "lost":
-                    r.lost_claims += 1
+
+    def _record(self, conn: sa.Connection, kind: str, job: _Job, detail) -> bool:
+        """Write one outcome; False if the claim is no longer ours (nothing is written)."""
+        if kind == "sent":
+            return store.mark_sent(conn, self.day, job.user_id, self.token, detail)
+        if kind == "failed":
+            error_kind, error = detail
+            return store.mark_failed(conn, self.day, job.user_id, self.token, error_kind, error)
+        if kind == "release":
+            return store.release(conn, self.day, job.user_id, self.token, detail)
+        return False  # "lost": found out before the send
 
 
 def deliver_digests(

@@ -4,14 +4,21 @@ Ledger protocol, one row per (user, day) in `digest_deliveries` (UNIQUE(user_id,
 
 - `claim` (before sending, its own committed transaction): the row is created or taken over
   as `pending` with `attempts + 1`, a fresh `claim_token` (the delivery holding it), the
-  Dagster `run_id` and `claimed_at`. Only *claimable* rows are taken: absent, `skipped`,
-  `failed` with a transient error, or `pending` whose claim is dead (its run finished, or it
-  is older than the lease). `sent` rows and permanent failures are never taken, and a live
-  claim of another delivery is never taken, so two runs of one day cannot both send.
-- `claim_retry` (before each further attempt): `attempts + 1`, only if we still hold the claim.
-- `mark_sent` / `mark_failed` / `release` (after): only if we still hold the claim.
+  Dagster `run_id`, `claimed_at` and `lease_expires_at` (claimed_at + the holder's lease).
+  Only *claimable* rows are taken: absent, `skipped`, `failed` with a transient error, or
+  `pending` whose claim is dead (its run finished, or its lease has expired). `sent` rows and
+  permanent failures are never taken, and a live claim of another delivery is never taken, so
+  two runs of one day cannot both send.
+- `refresh_claim` (right before a message is handed over) / `claim_retry` (before each further
+  attempt, also `attempts + 1`): a fresh lease, only if we still hold the claim.
+- `mark_sent` / `mark_failed` / `release` (after): only if we still hold the claim; False
+  means another delivery took the row over (our lease had run out).
 
 All of them are single conditional statements, atomic on SQLite and PostgreSQL alike.
+
+Every lease decision uses the database's clock (`CURRENT_TIMESTAMP`), never the clock of
+the process asking: a sender whose clock runs ahead cannot see a live claim as expired.
+Leases shorter than `MIN_LEASE` are refused: a lease must outlast one send.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from prediction_pipeline.store.tables import (
 )
 
 PENDING, SENT, FAILED, SKIPPED = "pending", "sent", "failed", "skipped"
+MIN_LEASE = dt.timedelta(minutes=1)
 TRANSIENT, PERMANENT = "transient", "permanent"
 NOTHING_NEW, OPTED_OUT = "nothing_new", "opted_out"
 _CHUNK = 500
@@ -93,16 +101,22 @@ class Delivery:
     run_id: str | None
     claim_token: str | None
     claimed_at: dt.datetime | None
+    lease_live: bool  # a `pending` claim whose lease has not expired (database clock)
 
 
 def deliveries(conn: sa.Connection, day: dt.date, user_ids: Sequence[int]) -> dict[int, Delivery]:
     found: dict[int, Delivery] = {}
+    live = sa.case((d.lease_expires_at > _db_now(conn), 1), else_=0).label("lease_live")
     for chunk in _chunks(user_ids):
-        query = sa.select(
-            d.user_id, d.status, d.attempts, d.error_kind, d.run_id, d.claim_token, d.claimed_at
-        ).where(d.day == day, d.user_id.in_(chunk))
+        query = (
+            sa.select(
+                d.user_id, d.status, d.attempts, d.error_kind, d.run_id, d.claim_token, d.claimed_at
+            )
+            .add_columns(live)
+            .where(d.day == day, d.user_id.in_(chunk))
+        )
         for r in conn.execute(query):
-            found[r.user_id] = Delivery(*r)
+            found[r.user_id] = Delivery(*r[:-1], lease_live=bool(r.lease_live))
     return found
 
 
@@ -260,35 +274,60 @@ def model_scores(conn: sa.Connection, market_ids: Sequence[int]) -> dict[int, li
 # -- the ledger ---------------------------------------------------------------------------
 
 
-def _claimable(stale_before: dt.datetime, dead_runs: Collection[str]):
+def check_lease(lease: dt.timedelta) -> dt.timedelta:
+    """A claim's lease must outlast one send; shorter ones let two deliveries both send."""
+    if lease < MIN_LEASE:
+        raise ValueError(
+            "the digest claim lease (pending_lease_minutes) must be at least "
+            f"{MIN_LEASE.total_seconds() / 60:g} minute(s), got "
+            f"{lease.total_seconds() / 60:g}: a claim that expires while its message is being "
+            "sent lets another run send it too"
+        )
+    return lease
+
+
+def _db_now(conn: sa.Connection, plus: dt.timedelta | None = None) -> sa.ColumnElement:
+    """The database's current time (+ `plus`), as an SQL expression: lease decisions never
+    use the clock of the process asking, which may be skewed."""
+    if conn.dialect.name == "sqlite":
+        # The text format SQLAlchemy stores DateTime in on SQLite (microseconds from the
+        # milliseconds of %f), so that comparisons with stored values are exact.
+        modifiers = [] if plus is None else [f"{plus.total_seconds():+.3f} seconds"]
+        return sa.func.strftime("%Y-%m-%d %H:%M:%f000", "now", *modifiers)
+    now = sa.func.now()  # the start of the (short) transaction: never later than real time
+    return now if plus is None else now + sa.literal(plus, sa.Interval())
+
+
+def _lease(conn: sa.Connection, lease: dt.timedelta) -> dict:
+    """The values that give a claim a fresh lease of `lease` from now (database clock)."""
+    check_lease(lease)
+    return {"claimed_at": _db_now(conn), "lease_expires_at": _db_now(conn, lease)}
+
+
+def _claimable(conn: sa.Connection, dead_runs: Collection[str]):
     """Rows a new delivery may take over (see the module docstring)."""
     # Plain comparisons, not IN: an expanding IN cannot be used in executemany upserts.
     dead_claim = sa.or_(
-        d.claimed_at < stale_before,
+        d.lease_expires_at.is_(None),  # no lease: claimed before migration 0009
+        d.lease_expires_at <= _db_now(conn),
         *(d.run_id == sa.literal(run_id, sa.String) for run_id in sorted(dead_runs)),
     )
     return sa.or_(
         d.status == SKIPPED,
         sa.and_(d.status == FAILED, sa.func.coalesce(d.error_kind, TRANSIENT) != PERMANENT),
-        sa.and_(d.status == PENDING, sa.or_(d.claimed_at.is_(None), dead_claim)),
+        sa.and_(d.status == PENDING, dead_claim),
     )
 
 
-def is_claimable(
-    row: Delivery | None, stale_before: dt.datetime, dead_runs: Collection[str]
-) -> bool:
-    """The Python twin of `_claimable`, to classify rows before touching them."""
+def is_claimable(row: Delivery | None, dead_runs: Collection[str]) -> bool:
+    """The Python twin of `_claimable`, to classify rows before touching them (the lease
+    was judged by the database when the row was read)."""
     if row is None or row.status == SKIPPED:
         return True
     if row.status == FAILED:
         return row.error_kind != PERMANENT
     if row.status == PENDING:
-        if row.claimed_at is None or row.run_id in dead_runs:
-            return True
-        claimed = row.claimed_at
-        if claimed.tzinfo is None:
-            claimed = claimed.replace(tzinfo=dt.UTC)
-        return claimed < stale_before
+        return not row.lease_live or row.run_id in dead_runs
     return False
 
 
@@ -297,16 +336,15 @@ def record_skips(
     day: dt.date,
     reasons: Mapping[int, str],
     *,
-    stale_before: dt.datetime,
     dead_runs: Collection[str] = (),
     now: dt.datetime | None = None,
-) -> int:
+) -> set[int]:
     """Record `skipped` (with its reason) for users not sent a digest, unless their row is
-    sent, permanently failed or held by a live claim. Returns the rows written."""
+    sent, permanently failed or held by a live claim. Returns the users written."""
     if not reasons:
-        return 0
+        return set()
     now = now or dt.datetime.now(dt.UTC)
-    written = 0
+    written: set[int] = set()
     items = sorted(reasons.items())
     for chunk in _chunks(items):
         insert = dialect_insert(conn, digest_deliveries)
@@ -317,9 +355,10 @@ def record_skips(
                 "skip_reason": insert.excluded.skip_reason,
                 "error_kind": None,
                 "claim_token": None,
+                "lease_expires_at": None,
                 "updated_at": insert.excluded.updated_at,
             },
-            where=_claimable(stale_before, dead_runs),
+            where=_claimable(conn, dead_runs),
         ).returning(d.user_id)
         rows = [
             {
@@ -333,7 +372,7 @@ def record_skips(
             }
             for user_id, reason in chunk
         ]
-        written += len(conn.execute(statement, rows).all())
+        written.update(conn.scalars(statement, rows).all())
     return written
 
 
@@ -344,19 +383,21 @@ def claim(
     *,
     token: str,
     run_id: str | None,
-    stale_before: dt.datetime,
+    lease: dt.timedelta,
     dead_runs: Collection[str] = (),
     now: dt.datetime | None = None,
 ) -> set[int]:
     """Claim the users of `message_ids` ({user id: Message-ID}) for one send each: create
-    or take over their rows as `pending` with `attempts + 1`. Commit before sending.
-    Returns the users claimed; the others are sent, permanently failed or held elsewhere."""
+    or take over their rows as `pending` with `attempts + 1` and a lease of `lease`.
+    Commit before sending. Returns the users claimed; the others are sent, permanently
+    failed or held elsewhere."""
     if not message_ids:
         return set()
     now = now or dt.datetime.now(dt.UTC)
+    lease_values = _lease(conn, lease)
     claimed: set[int] = set()
     for chunk in _chunks(sorted(message_ids.items())):
-        insert = dialect_insert(conn, digest_deliveries)
+        insert = dialect_insert(conn, digest_deliveries).values(**lease_values)
         statement = insert.on_conflict_do_update(
             index_elements=["user_id", "day"],
             set_={
@@ -367,10 +408,10 @@ def claim(
                 "message_id": insert.excluded.message_id,
                 "run_id": insert.excluded.run_id,
                 "claim_token": insert.excluded.claim_token,
-                "claimed_at": insert.excluded.claimed_at,
+                **lease_values,
                 "updated_at": insert.excluded.updated_at,
             },
-            where=_claimable(stale_before, dead_runs),
+            where=_claimable(conn, dead_runs),
         ).returning(d.user_id)
         rows = [
             {
@@ -381,7 +422,6 @@ def claim(
                 "message_id": message_id,
                 "run_id": run_id,
                 "claim_token": token,
-                "claimed_at": now,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -409,10 +449,11 @@ def claim_retry(
     user_id: int,
     token: str,
     last_error: str,
+    lease: dt.timedelta,
     now: dt.datetime | None = None,
 ) -> bool:
-    """Before a further attempt: `attempts + 1`, a fresh `claimed_at` and the error of the
-    attempt before, if we still hold the claim. Commit before sending."""
+    """Before a further attempt: `attempts + 1`, a fresh lease and the error of the
+    attempt before, if we still hold the claim. Commit right before sending."""
     now = now or dt.datetime.now(dt.UTC)
     return _update_held(
         conn,
@@ -421,17 +462,23 @@ def claim_retry(
         token,
         attempts=d.attempts + 1,
         last_error=last_error[:_ERROR_CHARS],
-        claimed_at=now,
+        **_lease(conn, lease),
         updated_at=now,
     )
 
 
 def refresh_claim(
-    conn: sa.Connection, day: dt.date, user_id: int, token: str, now: dt.datetime | None = None
+    conn: sa.Connection,
+    day: dt.date,
+    user_id: int,
+    token: str,
+    lease: dt.timedelta,
+    now: dt.datetime | None = None,
 ) -> bool:
-    """Renew a claim that waited long in the queue (so it does not look dead)."""
+    """A fresh lease right before the message is handed over (after any wait in the queue
+    or for the rate limit), so the whole lease covers the send. False: the claim was lost."""
     now = now or dt.datetime.now(dt.UTC)
-    return _update_held(conn, day, user_id, token, claimed_at=now, updated_at=now)
+    return _update_held(conn, day, user_id, token, **_lease(conn, lease), updated_at=now)
 
 
 def mark_sent(
@@ -452,6 +499,7 @@ def mark_sent(
         provider_message_id=(provider_message_id or "")[:255] or None,
         sent_at=now,
         claim_token=None,
+        lease_expires_at=None,
         updated_at=now,
     )
 
@@ -476,6 +524,7 @@ def mark_failed(
         error_kind=kind,
         last_error=error[:_ERROR_CHARS],
         claim_token=None,
+        lease_expires_at=None,
         updated_at=now,
     )
 
@@ -501,6 +550,7 @@ def release(
         attempts=d.attempts - 1,
         last_error=f"not sent: {reason}"[:_ERROR_CHARS],
         claim_token=None,
+        lease_expires_at=None,
         updated_at=now,
     )
 
@@ -547,12 +597,28 @@ def status_counts(conn: sa.Connection, day: dt.date) -> dict[str, int]:
     return counts
 
 
-def stale_pending(conn: sa.Connection, day: dt.date, stale_before: dt.datetime) -> int:
-    """`pending` rows whose claim looks dead (a crashed delivery): the next run retries them."""
-    query = sa.select(sa.func.count()).where(
-        d.day == day, d.status == PENDING, d.claimed_at < stale_before
-    )
+def stale_pending(conn: sa.Connection, day: dt.date) -> int:
+    """`pending` rows whose lease has expired (a crashed delivery): the next run retries them."""
+    expired = sa.or_(d.lease_expires_at.is_(None), d.lease_expires_at <= _db_now(conn))
+    query = sa.select(sa.func.count()).where(d.day == day, d.status == PENDING, expired)
     return conn.scalar(query) or 0
+
+
+def unresolved(conn: sa.Connection, day: dt.date, user_ids: Collection[int]) -> dict[int, str]:
+    """Of `user_ids`, those whose day is not settled yet, with the run holding their claim
+    ("" when none does). Settled: `sent`, `failed` for good, or `skipped` with a reason."""
+    found: dict[int, str] = {}
+    for chunk in _chunks(sorted(user_ids)):
+        query = sa.select(d.user_id, d.status, d.error_kind, d.run_id).where(
+            d.day == day, d.user_id.in_(chunk)
+        )
+        for r in conn.execute(query):
+            settled = r.status in (SENT, SKIPPED) or (
+                r.status == FAILED and r.error_kind == PERMANENT
+            )
+            if not settled:
+                found[r.user_id] = (r.run_id or "") if r.status == PENDING else ""
+    return found
 
 
 def delivery_rows(conn: sa.Connection, day: dt.date) -> list[sa.Row]:

@@ -264,6 +264,8 @@ digest_deliveries = sa.Table(
     sa.Column("run_id", sa.String(64)),  # the Dagster run that last claimed the row
     sa.Column("claim_token", sa.String(64)),  # the delivery that holds the claim (fencing)
     sa.Column("claimed_at", UTCDateTime),
+    # The claim is live until then, on the database's clock (migration 0009).
+    sa.Column("lease_expires_at", UTCDateTime),
     sa.Column("sent_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),

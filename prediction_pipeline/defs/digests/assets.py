@@ -39,6 +39,22 @@ def dead_claimants(
     return dead
 
 
+def _settings(config: DigestsConfig) -> DeliverySettings:
+    return DeliverySettings(
+        chunk_size=config.chunk_size,
+        max_messages_per_second=config.max_messages_per_second,
+        connections=config.connections,
+        retry=RetryPolicy(
+            max_attempts=config.max_send_attempts,
+            initial_wait=min(config.retry_initial_wait_seconds, config.retry_max_wait_seconds),
+            max_wait=config.retry_max_wait_seconds,
+        ),
+        min_price_change=config.min_price_change,
+        lease=dt.timedelta(minutes=config.pending_lease_minutes),
+        max_consecutive_failures=config.max_consecutive_failures,
+    )
+
+
 def _preview(report: DeliveryReport) -> str:
     if report.preview is None:
         return "_no digest rendered in this run_"
@@ -69,6 +85,10 @@ def watchlist_digests(
     digest_settings: DigestSettings,
 ) -> dg.MaterializeResult:
     day = dt.date.fromisoformat(context.partition_key)
+    try:
+        settings = _settings(config)
+    except ValueError as exc:
+        raise dg.Failure(f"digests config invalid: {exc}", allow_retries=False) from None
     engine = app_db.engine()
     try:
         transport = email_transport.open()
@@ -86,19 +106,6 @@ def watchlist_digests(
     with engine.connect() as conn:
         claimants = digest_store.pending_run_ids(conn, day)
     dead = dead_claimants(context.instance, claimants, context.run_id)
-    settings = DeliverySettings(
-        chunk_size=config.chunk_size,
-        max_messages_per_second=config.max_messages_per_second,
-        connections=config.connections,
-        retry=RetryPolicy(
-            max_attempts=config.max_send_attempts,
-            initial_wait=min(config.retry_initial_wait_seconds, config.retry_max_wait_seconds),
-            max_wait=config.retry_max_wait_seconds,
-        ),
-        min_price_change=config.min_price_change,
-        lease=dt.timedelta(minutes=config.pending_lease_minutes),
-        max_consecutive_failures=config.max_consecutive_failures,
-    )
     context.log.info(
         f"digests {day}: sending through {transport.describe()} at <= "
         f"{settings.max_messages_per_second:g} msg/s over {settings.connections} connections"
@@ -115,11 +122,17 @@ def watchlist_digests(
     )
     for email, error in report.failures:
         context.log.warning(f"digest {day} to {email} failed: {error}")
+    if report.lost_claims:
+        context.log.warning(
+            f"digests {day}: {report.lost_claims} claims were taken over by another delivery "
+            "before their outcome was recorded (not counted as sent by this run)"
+        )
     summary = (
         f"{report.considered} users: {report.sent} sent, {report.skipped} skipped "
         f"({report.skipped_nothing_new} nothing new, {report.skipped_opted_out} opted out, "
         f"{report.skipped_already_sent} already sent), {report.failed_permanent} rejected for "
-        f"good, {report.failed_transient} failed transiently, {report.released} not sent"
+        f"good, {report.failed_transient} failed transiently, {report.released} not sent, "
+        f"{len(report.held_elsewhere)} held by another delivery"
     )
     context.log.info(f"digests {day}: {summary}")
     metadata = {
@@ -137,8 +150,15 @@ def watchlist_digests(
     if report.incomplete:
         # Retried by the step itself (sent users are skipped, the rest are tried again), as
         # often and as late as the run config says; the last attempt fails with the counts.
+        # Users held by another delivery count too: if that delivery dies, only a run that
+        # looks again sends to them, so the day is not done until they are settled.
+        reasons = [
+            report.stopped or "",
+            "transient failures" if report.failed_transient or report.released else "",
+            report.held_summary(),
+        ]
         failure = dg.Failure(
-            f"digests {day}: incomplete ({report.stopped or 'transient failures'}). {summary}",
+            f"digests {day}: incomplete ({'; '.join(r for r in reasons if r)}). {summary}",
             metadata=metadata,
             allow_retries=False,
         )
@@ -149,5 +169,5 @@ def watchlist_digests(
             ) from failure
         raise failure
     with engine.connect() as conn:
-        check_results = evaluate_checks(conn, day, dt.datetime.now(dt.UTC) - settings.lease)
+        check_results = evaluate_checks(conn, day)
     return dg.MaterializeResult(metadata=metadata, check_results=check_results)

@@ -23,13 +23,11 @@ CHECK_SPECS = [
 ]
 
 
-def evaluate_checks(
-    conn: sa.Connection, day: dt.date, stale_before: dt.datetime
-) -> list[dg.AssetCheckResult]:
+def evaluate_checks(conn: sa.Connection, day: dt.date) -> list[dg.AssetCheckResult]:
     duplicates = digest_store.duplicate_sent(conn, day)
     unique = digest_store.ledger_is_unique_per_user_and_day(conn)
     counts = digest_store.status_counts(conn, day)
-    stale = digest_store.stale_pending(conn, day, stale_before)
+    stale = digest_store.stale_pending(conn, day)
     return [
         dg.AssetCheckResult(
             check_name="one_digest_per_user_and_day",

@@ -38,9 +38,12 @@ class DigestsConfig(RunConfig):
     )
     pending_lease_minutes: float = Field(
         default=30.0,
-        ge=0,
-        description="A `pending` claim older than this, from a run that crashed, is retried "
-        "(at-least-once: the same Message-ID makes a second copy deduplicable).",
+        # Checked by the asset (at least MIN_LEASE), which fails at once with a clear error:
+        # a pydantic bound here would fail the step with an error the retry policy retries.
+        description="How long a claim stays live (on the database's clock) after it was taken "
+        "or refreshed right before its send; a `pending` claim past it, from a run that "
+        "crashed, is retried (at-least-once: the same Message-ID makes a second copy "
+        "deduplicable). At least 1 minute: a lease must outlast one send.",
     )
     retries_when_incomplete: int = Field(
         default=3,

@@ -5,14 +5,11 @@ A session runs as steps: research (optional web search) -> one step per selected
 transport). Every model step updates the session's progress as soon as it finishes.
 """
 
-import email.message
-import email.utils
-
 import dagster as dg
 from pydantic import Field
 
 from prediction_pipeline.clients.email import OutgoingEmail, envelope_address
-from prediction_pipeline.core.notifications import session_summary
+from prediction_pipeline.core.notifications import session_message, session_summary
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import (
     AppDatabase,
@@ -129,15 +126,37 @@ def notify(
     email_transport: EmailTransportResource,
     digest_settings: DigestSettings,
 ) -> None:
-    """Email the user once (claimed before sending; released again if the send fails)."""
+    """Email the user once: the message is built first, then claimed, then sent; the claim
+    is released on any failure after it, so the op's retry sends it (a message that cannot be
+    built is never claimed, and a retry cannot mistake it for one already sent)."""
     engine = app_db.engine()
-    with engine.begin() as conn:
-        if not queue.mark_notified(conn, config.session_id):
-            context.log.info(f"session {config.session_id}: already notified")
-            return
+    with engine.connect() as conn:
         session = queue.get_session(conn, config.session_id)
         user = user_store.get_user_by_id(conn, session.user_id)
         market = market_store.get_market(conn, session.market_id)
+    claimed = False
+    if session.notified_at is None:
+        outgoing = _session_email(session, user.email, market, digest_settings)
+        with engine.begin() as conn:
+            claimed = queue.mark_notified(conn, config.session_id)
+    if not claimed:
+        context.log.info(f"session {config.session_id}: already notified")
+        return
+    try:
+        mail = email_transport.open().session()
+        try:
+            mail.send(outgoing)
+        finally:
+            mail.close()
+    except BaseException:
+        with engine.begin() as conn:
+            queue.release_notification(conn, config.session_id)
+        raise
+    context.log.info(f"session {config.session_id}: notified {user.email} ({status})")
+
+
+def _session_email(session, recipient: str, market, digest_settings: DigestSettings):
+    """The notification as it goes to the transport (raises if it cannot be built)."""
     probabilities = {
         m: entry["probability"]
         for m, entry in session.progress.items()
@@ -153,31 +172,20 @@ def notify(
         credits_refunded=session.credits_refunded,
         market_price=market.yes_price,
     )
-    message = email.message.EmailMessage()
-    message["From"] = digest_settings.sender
-    message["To"] = user.email
-    message["Subject"] = subject
-    message["Date"] = email.utils.formatdate(usegmt=True)
     message_id = f"<session-{session.id}@{digest_settings.message_id_domain}>"
-    message["Message-ID"] = message_id
-    message.set_content(body)
-    outgoing = OutgoingEmail(
-        sender=envelope_address(digest_settings.sender),
-        recipient=user.email,
+    data = session_message(
+        subject,
+        body,
+        sender=digest_settings.sender,
+        recipient=recipient,
         message_id=message_id,
-        data=message.as_bytes(),
     )
-    try:
-        mail = email_transport.open().session()
-        try:
-            mail.send(outgoing)
-        finally:
-            mail.close()
-    except Exception:
-        with engine.begin() as conn:
-            queue.release_notification(conn, config.session_id)
-        raise
-    context.log.info(f"session {config.session_id}: notified {user.email} ({status})")
+    return OutgoingEmail(
+        sender=envelope_address(digest_settings.sender),
+        recipient=recipient,
+        message_id=message_id,
+        data=data,
+    )
 
 
 @dg.job(
