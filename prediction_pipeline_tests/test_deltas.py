@@ -114,7 +114,7 @@ def test_hand_values(engine, hand_world):
         assert row.abs_delta == pytest.approx(abs(delta)), key
         assert row.direction == direction, key
 
-    assert summary.rows == 5 and summary.statements == 1
+    assert summary.rows == 5 and summary.statements == 7  # one per window day
     assert summary.by_direction == {"away": 1, "flat": 2, "toward": 1, "unknown": 1}
     # A: toward 0.1, flat 0.2 -> 0.15; B: away 0.2, unknown 0.2, mirror 0.1 -> 0.1667
     assert summary.mean_abs_delta_by_model == {A: 0.15, B: 0.1667}
@@ -186,7 +186,7 @@ def test_closed_markets_and_excluded_categories(engine):
 
 def test_an_empty_window_is_an_empty_summary(engine):
     summary = snapshot_deltas(engine, SNAPSHOT)
-    assert (summary.rows, summary.statements, summary.movers) == (0, 0, [])
+    assert (summary.rows, summary.statements, summary.movers) == (0, 7, [])
     assert summary.by_direction == {} and summary.mean_abs_delta_by_model == {}
 
 

@@ -24,34 +24,37 @@ def snapshot_deltas(
     top_movers: int = 10,
 ) -> DeltaSummary:
     """Upsert the deltas of every prediction made in the `days_lookback` days before
-    `snapshot_day`, `chunk_size` predictions a statement (each its own transaction, so a
-    SQLite writer lock is held for one chunk at a time), oldest (day, id) first, at most
-    `max_predictions` rows. Raises `InvalidPriceError` (nothing written) on prices outside
-    [0, 1]. The summary covers the rows this run wrote (stamped with one `computed_at`)."""
+    `snapshot_day`: one statement per day, or per `chunk_size` predictions of a bigger day,
+    each in its own transaction (a SQLite writer lock is held for one chunk at a time);
+    oldest (day, id) first, at most `max_predictions` rows. Raises `InvalidPriceError`
+    (nothing written) on prices outside [0, 1]. The summary covers the rows this run wrote
+    (stamped with one `computed_at`)."""
     computed_at = dt.datetime.now(dt.UTC)
     with engine.connect() as conn:
         delta_store.check_prices(conn, snapshot_day, days_lookback)
-        bounds = delta_store.chunk_bounds(conn, snapshot_day, days_lookback, chunk_size)
-    statements, remaining, after = 0, max_predictions, None
-    for up_to in bounds:
-        if remaining is not None and remaining <= 0:
-            break
-        with engine.begin() as conn:
-            written = delta_store.upsert_chunk(
-                conn,
-                snapshot_day,
-                days_lookback,
-                after,
-                up_to,
-                computed_at,
-                include_closed_markets=include_closed_markets,
-                exclude_categories=exclude_categories,
-                limit=remaining,
-            )
-        statements += 1
-        if remaining is not None:
-            remaining -= written
-        after = up_to
+    statements, remaining = 0, max_predictions
+    for day in delta_store.window_days(snapshot_day, days_lookback):
+        after = None
+        while remaining is None or remaining > 0:
+            with engine.begin() as conn:
+                up_to = delta_store.chunk_end(conn, day, after, chunk_size)
+                written = delta_store.upsert_chunk(
+                    conn,
+                    snapshot_day,
+                    day,
+                    after,
+                    up_to,
+                    computed_at,
+                    include_closed_markets=include_closed_markets,
+                    exclude_categories=exclude_categories,
+                    limit=remaining,
+                )
+            statements += 1
+            if remaining is not None:
+                remaining -= written
+            if up_to is None:
+                break
+            after = up_to
     with engine.connect() as conn:
         groups = delta_store.run_aggregates(conn, snapshot_day, computed_at)
         movers = delta_store.largest_movers(conn, snapshot_day, computed_at, top_movers)

@@ -23,9 +23,6 @@ from prediction_pipeline.store.tables import (
     predictions,
 )
 
-#: A chunk ends at the (day, id) of its last prediction; chunks follow that order.
-ChunkBound = tuple[dt.date, int]
-
 #: Columns an upsert rewrites, in the order the source SELECT yields them after the key.
 _UPDATED = ("market_price", "price_then", "delta", "abs_delta", "direction", "computed_at")
 
@@ -70,62 +67,42 @@ def check_prices(conn: sa.Connection, snapshot_day: dt.date, days_lookback: int)
         )
 
 
-def chunk_bounds(
-    conn: sa.Connection, snapshot_day: dt.date, days_lookback: int, chunk_size: int
-) -> list[ChunkBound]:
-    """The (day, id) that ends each chunk of `chunk_size` window predictions, in (day, id)
-    order, the last ending at the window's last prediction. One pass over the window's
-    index; only the bounds come back (one row per chunk)."""
-    numbered = (
-        sa.select(
-            predictions.c.day,
-            predictions.c.id,
-            sa.func.row_number().over(order_by=(predictions.c.day, predictions.c.id)).label("rn"),
-            sa.func.count().over().label("total"),
-        )
-        .where(_in_window(snapshot_day, days_lookback))
-        .subquery()
-    )
+def window_days(snapshot_day: dt.date, days_lookback: int) -> list[dt.date]:
+    """The days whose predictions a snapshot covers, oldest first."""
+    return [snapshot_day - dt.timedelta(days=k) for k in range(days_lookback, 0, -1)]
+
+
+def chunk_end(conn: sa.Connection, day: dt.date, after: int | None, chunk_size: int) -> int | None:
+    """The id ending the next chunk of `chunk_size` predictions made on `day` after id
+    `after`, or None when fewer remain (the rest of the day is the last chunk). Reads
+    `chunk_size` index entries (on SQLite the day index holds the rowid, in order)."""
     query = (
-        sa.select(numbered.c.day, numbered.c.id)
-        .where(sa.or_(numbered.c.rn % chunk_size == 0, numbered.c.rn == numbered.c.total))
-        .order_by(numbered.c.rn)
+        sa.select(predictions.c.id)
+        .where(predictions.c.day == day, predictions.c.id > (after or 0))
+        .order_by(predictions.c.id)
+        .offset(chunk_size - 1)
+        .limit(1)
     )
-    return [(row.day, row.id) for row in conn.execute(query)]
-
-
-def _after(bound: ChunkBound | None):
-    if bound is None:
-        return sa.true()
-    return sa.and_(
-        predictions.c.day >= bound[0],  # sargable: lets the day index bound the scan
-        sa.tuple_(predictions.c.day, predictions.c.id) > sa.tuple_(*bound),
-    )
-
-
-def _up_to(bound: ChunkBound):
-    return sa.and_(
-        predictions.c.day <= bound[0],
-        sa.tuple_(predictions.c.day, predictions.c.id) <= sa.tuple_(*bound),
-    )
+    return conn.scalar(query)
 
 
 def upsert_chunk(
     conn: sa.Connection,
     snapshot_day: dt.date,
-    days_lookback: int,
-    after: ChunkBound | None,
-    up_to: ChunkBound,
+    day: dt.date,
+    after: int | None,
+    up_to: int | None,
     computed_at: dt.datetime,
     *,
     include_closed_markets: bool = False,
     exclude_categories: Sequence[str] = (),
     limit: int | None = None,
 ) -> int:
-    """Deltas of the window predictions in (after, up_to] (by (day, id)), in one statement.
-    Predictions whose market has no price on `snapshot_day` (or is not open, unless
-    `include_closed_markets`) get no row. With `limit`, only the first `limit` rows by
-    (day, id). Idempotent per (prediction, snapshot day). Returns the rows written."""
+    """Deltas on `snapshot_day` of the predictions made on `day` with an id in
+    (after, up_to] (None: unbounded), in one statement. Predictions whose market has no
+    price on `snapshot_day` (or is not open, unless `include_closed_markets`) get no row.
+    With `limit`, only the first `limit` rows by id. Idempotent per (prediction, snapshot
+    day). Returns the rows written."""
     p, s = predictions.c, market_snapshots.c
     gap_now = sa.func.abs(s.yes_price - p.probability)
     gap_then = sa.func.abs(p.market_price - p.probability)
@@ -151,13 +128,12 @@ def upsert_chunk(
             market_snapshots,
             sa.and_(s.market_id == p.market_id, s.day == snapshot_day),
         )
-        .where(
-            _in_window(snapshot_day, days_lookback),
-            _after(after),
-            _up_to(up_to),
-            s.yes_price.is_not(None),
-        )
+        .where(p.day == day, s.yes_price.is_not(None))
     )
+    if after is not None:
+        source = source.where(p.id > after)
+    if up_to is not None:
+        source = source.where(p.id <= up_to)
     if not include_closed_markets:
         source = source.where(s.status == "open")
     excluded = [c.strip().lower() for c in exclude_categories if c.strip()]
@@ -166,7 +142,7 @@ def upsert_chunk(
             sa.or_(markets.c.category.is_(None), sa.func.lower(markets.c.category).not_in(excluded))
         )
     if limit is not None:
-        source = source.order_by(p.day, p.id).limit(limit)
+        source = source.order_by(p.id).limit(limit)
     insert = dialect_insert(conn, prediction_deltas).from_select(
         ["prediction_id", "snapshot_day", *_UPDATED], source
     )
