@@ -9,7 +9,6 @@ from prediction_pipeline.core.scoring import (
     calibration_bins,
     calibration_chart,
     leaderboard,
-    score_predictions,
 )
 from prediction_pipeline.resources import AppDatabase
 from prediction_pipeline.store import scoring as score_store
@@ -36,17 +35,14 @@ class ScoringConfig(dg.Config):
 def forecast_scores(
     context: dg.AssetExecutionContext, config: ScoringConfig, app_db: AppDatabase
 ) -> dg.MaterializeResult:
-    with app_db.connect() as conn:
-        pending = score_store.resolved_predictions(conn, rescore_all=config.rescore_all)
-        excluded = score_store.excluded_prediction_counts(conn)
-    scored = score_predictions(pending)
     with app_db.begin() as conn:
-        written = score_store.upsert_scores(conn, scored)
-    context.log.info(f"scored {written} predictions; excluded {excluded}")
+        scored = score_store.score_resolutions(conn, rescore_all=config.rescore_all)
+        excluded = score_store.excluded_prediction_counts(conn)
+    context.log.info(f"scored {scored.rows} predictions; excluded {excluded}")
     return dg.MaterializeResult(
         metadata={
-            "newly_scored": written,
-            "resolved_markets": int(pending["market_id"].nunique()) if written else 0,
+            "newly_scored": scored.rows,
+            "resolved_markets": scored.markets,
             **excluded,
         }
     )
