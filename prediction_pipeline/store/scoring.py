@@ -77,9 +77,9 @@ def _ensure_ln(conn: sa.Connection) -> None:
 
 def score_resolutions(conn: sa.Connection, rescore_all: bool = False) -> ScoringRun:
     """Score every prediction on a market resolved YES or NO that has no score yet (all of
-    them with `rescore_all`) in one INSERT ... SELECT ... ON CONFLICT: Brier and log score
-    of the probability and of the market price it faced, outcome, category and horizon,
-    computed by the database, so memory does not grow with the number of predictions.
+    them, rewritten, with `rescore_all`) in one INSERT ... SELECT ... ON CONFLICT: Brier and
+    log score of the probability and of the market price it faced, outcome, category and
+    horizon, computed by the database, so memory does not grow with the number of predictions.
     Closed-unresolved and void markets are left out. Idempotent per prediction."""
     _ensure_ln(conn)
     p, m = predictions.c, markets.c
@@ -105,14 +105,19 @@ def score_resolutions(conn: sa.Connection, rescore_all: bool = False) -> Scoring
         .join(markets, m.id == p.market_id)
         .where(m.status == "resolved", m.resolved_outcome.in_(["yes", "no"]))
     )
-    if not rescore_all:
-        source = source.where(~sa.exists().where(forecast_scores.c.prediction_id == p.id))
     columns = [c.name for c in forecast_scores.columns if c.name != "id"]
     insert = dialect_insert(conn, forecast_scores).from_select(columns, source)
-    statement = insert.on_conflict_do_update(
-        index_elements=["prediction_id"],
-        set_={c: insert.excluded[c] for c in columns if c != "prediction_id"},
-    )
+    if rescore_all:
+        statement = insert.on_conflict_do_update(
+            index_elements=["prediction_id"],
+            set_={c: insert.excluded[c] for c in columns if c != "prediction_id"},
+        )
+    else:
+        # Already scored: skipped by the unique index, not by a NOT EXISTS anti-join. On a
+        # just-emptied table PostgreSQL's planner may run that anti-join as a nested loop
+        # over a sequential scan of the very table the INSERT grows: quadratic (190 s for
+        # 100,000 rows in benchmarks/scoring_scale.py).
+        statement = insert.on_conflict_do_nothing(index_elements=["prediction_id"])
     rows = conn.execute(statement).rowcount
     if not rows:
         return ScoringRun(rows=0, markets=0)
