@@ -55,7 +55,8 @@ def snapshot_deltas(
             if up_to is None:
                 break
             after = up_to
-    with engine.connect() as conn:
+    with engine.begin() as conn:
+        delta_store.refresh_statistics(conn)
         groups = delta_store.run_aggregates(conn, snapshot_day, computed_at)
         movers = delta_store.largest_movers(conn, snapshot_day, computed_at, top_movers)
     return summarize(groups, statements, movers)

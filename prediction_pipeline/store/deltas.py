@@ -153,6 +153,15 @@ def upsert_chunk(
     return conn.execute(statement).rowcount
 
 
+def refresh_statistics(conn: sa.Connection) -> None:
+    """PostgreSQL: ANALYZE the table a run just filled. With the statistics of an empty
+    table the planner reads a million fresh rows back by a million index lookups (1.6 s in
+    the benchmark) instead of one hash join (0.6 s, plus 0.2 s for the ANALYZE). SQLite's
+    planner needs no statistics here."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE prediction_deltas")
+
+
 def _stamped(snapshot_day: dt.date, computed_at: dt.datetime):
     """The rows one run wrote: its snapshot day and its `computed_at` stamp."""
     return sa.and_(
