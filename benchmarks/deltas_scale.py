@@ -1,4 +1,5 @@
-"""Delta snapshots at scale: the production path against a row-by-row port, per engine.
+"""Delta snapshots at scale: the set-based SQL path (after) against the chunked pandas path
+it replaced (before), side by side in one run, per engine.
 
 For each engine (SQLite file in a temp dir; a throwaway PostgreSQL database):
 
@@ -8,27 +9,25 @@ For each engine (SQLite file in a temp dir; a throwaway PostgreSQL database):
    exactly `--predictions` batch predictions over the 7 days before it, spread over as many
    models as needed (the two built-in baselines plus `bench/model-NN` rows, provider
    openrouter), one per (market, model, day);
-2. production: `services.deltas.snapshot_deltas(engine, day, days_lookback=7)` with its default
-   chunk size, in a spawned child process that runs only that step: wall time, rows, peak RSS
-   (`VmHWM` of the child from /proc/self/status, read by the child at its end; its RSS before
-   the step, interpreter + imports, is reported too) and the time spent inside the DBAPI.
-   Not `ru_maxrss`: Linux carries the high-water mark of the pre-exec image (this parent,
-   which holds the synthetic data set) into a spawned child. Then the same call again (rows
-   already there): idempotency and the time of a re-run;
-3. an instrumented copy of the production loop (same store/core functions, in a child) that
-   splits the time into read / compute / write and the DBAPI time of each (optional);
-4. row-by-row, what a naive port of the old cron route does: list the window's predictions,
-   then for each one SELECT its market's price on the snapshot day, compute delta and
-   direction in Python and INSERT ... ON CONFLICT DO UPDATE one row (one statement per
-   prediction, committed every 1000 rows). Run on the first `--rowwise-sample` predictions
-   (its rate does not depend on the sample size); its rows are checked against production's.
-   The ratio is production rows/s over row-by-row rows/s;
-5. optionally production again at other chunk sizes (`--chunk-sweep`) for the memory bound.
+2. before: `benchmarks.deltas_chunked.chunked_snapshot_deltas` (what production ran until
+   issue 12: 50,000-row chunks through pandas), then again with its rows present;
+3. after: `services.deltas.snapshot_deltas(engine, day, days_lookback=7)` (one
+   INSERT ... SELECT ... ON CONFLICT per chunk, summary by SQL aggregates) with its default
+   chunk size, then again with its rows present (idempotency and the time of a re-run).
+   Its rows are checked against the before path's: a fingerprint of the whole day (rows,
+   counts by direction, duplicates, sums of delta, |delta| and price) and the first
+   `--compare-sample` rows by prediction id value by value;
+4. optionally the after path at other chunk sizes (`--chunk-sweep`): memory stays flat.
 
-The deltas table is emptied before every measurement that must write the same rows.
+Each measured step runs alone in a spawned child process: wall time, rows, peak RSS (`VmHWM`
+of the child from /proc/self/status, read by the child at its end; its RSS before the step,
+interpreter + imports, is reported too) and the time spent inside the DBAPI. Not
+`ru_maxrss`: Linux carries the high-water mark of the pre-exec image (this parent, which
+holds the synthetic data set) into a spawned child. The deltas table is emptied before every
+measurement that must write the rows afresh.
 
     .venv/bin/python -m benchmarks.deltas_scale [--predictions 1000000]
-        [--engines sqlite,postgresql] [--rowwise-sample 20000] [--chunk-sweep 10000,200000]
+        [--engines sqlite,postgresql] [--chunk-size N] [--chunk-sweep 50000,1000000]
 
 Prints a table per engine and writes benchmarks/results/deltas_scale.json.
 """
@@ -39,6 +38,7 @@ import argparse
 import contextlib
 import csv
 import datetime as dt
+import importlib
 import io
 import json
 import math
@@ -62,11 +62,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from benchmarks.common import git, peak_rss_mb, rounded, rss_now_mb, text_table
-from prediction_pipeline.core.deltas import DISTANCE_TOLERANCE, compute_deltas
+from benchmarks.deltas_chunked import chunked_snapshot_deltas
 from prediction_pipeline.services.deltas import snapshot_deltas
 from prediction_pipeline.store import deltas as delta_store
 from prediction_pipeline.store import migrate
-from prediction_pipeline.store.db import dialect_insert, make_engine, safe_url
+from prediction_pipeline.store.db import make_engine, safe_url
 from prediction_pipeline.store.tables import prediction_deltas
 
 RESULTS_PATH = Path(__file__).parent / "results" / "deltas_scale.json"
@@ -77,7 +77,6 @@ SNAPSHOT_DAY = dt.date(2026, 6, 8)
 LOOKBACK_DAYS = 7
 BASELINES = ("baseline/market", "baseline/momentum")  # registered by migration 0002
 CATEGORIES = ("politics", "sports", "crypto", "economics", "science", "culture")
-ROWWISE_COMMIT_EVERY = 1_000
 MISSING_PRICE_THEN_SHARE = 0.01  # predictions stored without a market price -> "unknown"
 
 
@@ -86,11 +85,9 @@ class Settings:
     predictions: int = 1_000_000
     markets: int = 20_000
     engines: tuple[str, ...] = ("sqlite", "postgresql")
-    rowwise_sample: int = 20_000
+    compare_sample: int = 100_000
     chunk_size: int | None = None  # None: snapshot_deltas' own default
     chunk_sweep: tuple[int, ...] = ()
-    breakdown: bool = True
-    breakdown_predictions: int = 100_000  # 0: the whole window
     seed: int = 11
     pg_admin_url: str = PG_ADMIN_URL
 
@@ -105,8 +102,6 @@ class Measurement:
     rows_per_s: float
     peak_rss_mb: float
     base_rss_mb: float
-    sample: bool = False
-    extrapolated_full_s: float | None = None
     ratio: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -390,68 +385,6 @@ def engine_versions(engine: sa.Engine) -> dict[str, str]:
         return {"sqlite": conn.scalar(sa.text("SELECT sqlite_version()"))}
 
 
-# -- the chunk query, as production sends it -----------------------------------------------
-
-
-@contextlib.contextmanager
-def captured_statements(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
-    seen: list[tuple[str, Any]] = []
-
-    def before(conn, cursor, statement, parameters, context, executemany) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", before)
-
-
-def explain_chunk_query(engine: sa.Engine, chunk_size: int | None) -> dict[str, Any]:
-    """The plan of the keyset chunk query that `iter_window_chunks` sends, for its first
-    and second chunk (EXPLAIN ANALYZE on PostgreSQL, EXPLAIN QUERY PLAN on SQLite)."""
-    kwargs = {} if chunk_size is None else {"chunk_size": chunk_size}
-    with captured_statements(engine) as seen, engine.connect() as conn:
-        chunks = delta_store.iter_window_chunks(conn, SNAPSHOT_DAY, LOOKBACK_DAYS, **kwargs)
-        for _ in range(2):
-            if next(chunks, None) is None:
-                break
-        chunks.close()
-    out: dict[str, Any] = {}
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        for label, (statement, parameters) in zip(
-            ("first_chunk", "second_chunk"), seen, strict=False
-        ):
-            if engine.dialect.name == "postgresql":
-                cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
-                plan = [row[0] for row in cursor.fetchall()]
-            else:
-                cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
-                plan = [row[-1] for row in cursor.fetchall()]
-            out[label] = {
-                "sql": " ".join(statement.split()),
-                "parameters": _jsonable(parameters),
-                "plan": plan,
-            }
-        cursor.close()
-        raw.rollback()
-    finally:
-        raw.close()
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return value
-
-
 # -- measured steps (each runs alone in a spawned child) -----------------------------------
 
 
@@ -474,159 +407,45 @@ class _DbapiTimer:
         self.calls[kind] = self.calls.get(kind, 0) + 1
 
 
-def step_production(engine: sa.Engine, params: dict[str, Any]) -> dict[str, Any]:
-    timer = _DbapiTimer(engine)
-    kwargs = {} if params.get("chunk_size") is None else {"chunk_size": params["chunk_size"]}
-    summary = snapshot_deltas(engine, SNAPSHOT_DAY, days_lookback=LOOKBACK_DAYS, **kwargs)
+def _step_result(summary: Any, timer: _DbapiTimer, statements: int) -> dict[str, Any]:
     return {
         "rows": summary.rows,
-        "chunks": summary.chunks,
+        "statements": statements,
         "by_direction": dict(sorted(summary.by_direction.items())),
         "dbapi_s": {k: round(v, 3) for k, v in timer.seconds.items()},
         "dbapi_calls": timer.calls,
     }
 
 
-def step_breakdown(engine: sa.Engine, params: dict[str, Any]) -> dict[str, Any]:
-    """The loop of `snapshot_deltas`, stage by stage, with the same store/core functions.
-    `convert_s` times (separately, then discarded) the frame -> list of dicts conversion
-    that `upsert_deltas` does before executing, to split its Python cost from the DBAPI's."""
+def step_sql(engine: sa.Engine, params: dict[str, Any]) -> dict[str, Any]:
+    """After: production, `services.deltas.snapshot_deltas` (set-based SQL)."""
     timer = _DbapiTimer(engine)
     kwargs = {} if params.get("chunk_size") is None else {"chunk_size": params["chunk_size"]}
-    stages = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "convert_s": 0.0}
-    read_by_chunk: list[float] = []
-    rows = chunks_seen = 0
-    with engine.connect() as reader:
-        chunks = delta_store.iter_window_chunks(
-            reader,
-            SNAPSHOT_DAY,
-            LOOKBACK_DAYS,
-            max_predictions=params.get("max_predictions") or None,
-            **kwargs,
-        )
-        while True:
-            started = time.perf_counter()
-            chunk = next(chunks, None)
-            read_by_chunk.append(time.perf_counter() - started)
-            stages["read_s"] += read_by_chunk[-1]
-            if chunk is None:
-                break
-            started = time.perf_counter()
-            prices = chunk[["market_id", "yes_price"]].drop_duplicates("market_id")
-            deltas = compute_deltas(chunk, prices, SNAPSHOT_DAY)
-            lookup = chunk.set_index("prediction_id")
-            deltas["price_then"] = deltas["prediction_id"].map(lookup["market_price"])
-            deltas["model"] = deltas["prediction_id"].map(lookup["model"])
-            stages["compute_s"] += time.perf_counter() - started
-            started = time.perf_counter()
-            frame = deltas.drop(columns="model").assign(computed_at=dt.datetime.now(dt.UTC))
-            frame.astype(object).where(frame.notna(), None).to_dict("records")
-            stages["convert_s"] += time.perf_counter() - started
-            started = time.perf_counter()
-            with engine.begin() as writer:
-                rows += delta_store.upsert_deltas(writer, deltas.drop(columns="model"))
-            stages["write_s"] += time.perf_counter() - started
-            chunks_seen += 1
-    return {
-        "rows": rows,
-        "chunks": chunks_seen,
-        **{k: round(v, 3) for k, v in stages.items()},
-        "dbapi_s": {k: round(v, 3) for k, v in timer.seconds.items()},
-        "dbapi_calls": timer.calls,
-        "read_s_by_chunk": [round(v, 3) for v in read_by_chunk],
-    }
+    summary = snapshot_deltas(engine, SNAPSHOT_DAY, days_lookback=LOOKBACK_DAYS, **kwargs)
+    return _step_result(summary, timer, summary.statements)
 
 
-ROWWISE_LIST = sa.text(
-    "SELECT id, market_id, probability, market_price FROM predictions "
-    "WHERE day >= :start AND day < :day ORDER BY id LIMIT :limit"
-)
-ROWWISE_PRICE = sa.text(
-    "SELECT yes_price FROM market_snapshots "
-    "WHERE market_id = :market_id AND day = :day AND status = 'open' AND yes_price IS NOT NULL"
-)
-
-
-def _direction(probability: float, price_then: float | None, price_now: float) -> str:
-    if price_then is None:
-        return "unknown"
-    gap_now, gap_then = abs(price_now - probability), abs(price_then - probability)
-    if abs(gap_now - gap_then) <= DISTANCE_TOLERANCE:
-        return "flat"
-    return "toward" if gap_now < gap_then else "away"
-
-
-def step_rowwise(engine: sa.Engine, params: dict[str, Any]) -> dict[str, Any]:
-    """The naive port: one SELECT and one INSERT ... ON CONFLICT per prediction, committed
-    every ROWWISE_COMMIT_EVERY rows."""
-    start = SNAPSHOT_DAY - dt.timedelta(days=LOOKBACK_DAYS)
-    written = skipped = 0
-    with engine.connect() as conn:
-        started = time.perf_counter()
-        todo = conn.execute(
-            ROWWISE_LIST, {"start": start, "day": SNAPSHOT_DAY, "limit": params["limit"]}
-        ).all()
-        list_s = time.perf_counter() - started
-        insert = dialect_insert(conn, prediction_deltas)
-        upsert = insert.on_conflict_do_update(
-            index_elements=["prediction_id", "snapshot_day"],
-            set_={
-                c: insert.excluded[c]
-                for c in (
-                    "market_price",
-                    "price_then",
-                    "delta",
-                    "abs_delta",
-                    "direction",
-                    "computed_at",
-                )
-            },
-        )
-        for prediction_id, market_id, probability, price_then in todo:
-            price_now = conn.scalar(ROWWISE_PRICE, {"market_id": market_id, "day": SNAPSHOT_DAY})
-            if price_now is None:
-                skipped += 1
-                continue
-            delta = price_now - probability
-            conn.execute(
-                upsert,
-                {
-                    "prediction_id": prediction_id,
-                    "snapshot_day": SNAPSHOT_DAY,
-                    "market_price": price_now,
-                    "price_then": price_then,
-                    "delta": delta,
-                    "abs_delta": abs(delta),
-                    "direction": _direction(probability, price_then, price_now),
-                    "computed_at": dt.datetime.now(dt.UTC),
-                },
-            )
-            written += 1
-            if written % ROWWISE_COMMIT_EVERY == 0:
-                conn.commit()
-        conn.commit()
-    return {
-        "rows": written,
-        "skipped_no_price": skipped,
-        "listed": len(todo),
-        "list_s": round(list_s, 3),
-        "loop_s": round(time.perf_counter() - started - list_s, 3),
-    }
+def step_chunked(engine: sa.Engine, params: dict[str, Any]) -> dict[str, Any]:
+    """Before: the chunked pandas path production used until issue 12 (50,000-row chunks)."""
+    timer = _DbapiTimer(engine)
+    summary = chunked_snapshot_deltas(engine, SNAPSHOT_DAY, days_lookback=LOOKBACK_DAYS)
+    return _step_result(summary, timer, summary.chunks)
 
 
 STEPS: dict[str, Callable[[sa.Engine, dict[str, Any]], dict[str, Any]]] = {
-    "production": step_production,
-    "breakdown": step_breakdown,
-    "rowwise": step_rowwise,
+    "sql": step_sql,
+    "chunked": step_chunked,
 }
 
 
 def _child(step: str, url: str, params: dict[str, Any], pipe) -> None:
     try:
+        module, name = step.split(":")
+        function = getattr(importlib.import_module(module), name)
         engine = make_engine(url)
         base = rss_now_mb()
         started = time.perf_counter()
-        result = STEPS[step](engine, params)
+        result = function(engine, params)
         wall = time.perf_counter() - started
         engine.dispose()
         pipe.send(
@@ -645,10 +464,12 @@ def _child(step: str, url: str, params: dict[str, Any], pipe) -> None:
 
 
 def run_in_child(step: str, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one step in a fresh spawned interpreter, so its peak RSS is that step's alone."""
+    """Run one step in a fresh spawned interpreter, so its peak RSS is that step's alone.
+    `step` names a key of STEPS, or any "module:function" taking (engine, params)."""
+    ref = step if ":" in step else f"{__name__}:{STEPS[step].__name__}"
     ctx = mp.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(step, url, params or {}, sender), daemon=True)
+    process = ctx.Process(target=_child, args=(ref, url, params or {}, sender), daemon=True)
     process.start()
     sender.close()
     try:
@@ -668,7 +489,7 @@ def run_in_child(step: str, url: str, params: dict[str, Any] | None = None) -> d
 # -- one engine ----------------------------------------------------------------------------
 
 
-def _measurement(approach: str, result: dict[str, Any], **extra: Any) -> Measurement:
+def measurement(approach: str, result: dict[str, Any], **extra: Any) -> Measurement:
     rows, wall = result["rows"], result["wall_s"]
     return Measurement(
         approach=approach,
@@ -686,6 +507,12 @@ def _measurement(approach: str, result: dict[str, Any], **extra: Any) -> Measure
     )
 
 
+def _measure(name: str, label: str, step: str, url: str, params: dict[str, Any]) -> Measurement:
+    m = measurement(label, run_in_child(step, url, params))
+    print(f"[{name}] {label}: {m.rows:,} rows in {m.wall_s:.1f} s", flush=True)
+    return m
+
+
 def run_engine(name: str, settings: Settings, data: Dataset) -> dict[str, Any]:
     started = time.perf_counter()
     out: dict[str, Any] = {"engine": name}
@@ -701,67 +528,51 @@ def run_engine(name: str, settings: Settings, data: Dataset) -> dict[str, Any]:
             out["load_s_by_table"] = bulk_load(engine, data)
             out["load_s"] = round(time.perf_counter() - t, 3)
             print(f"[{name}] loaded {data.shape()} in {out['load_s']:.1f} s", flush=True)
-            out["chunk_query"] = explain_chunk_query(engine, settings.chunk_size)
-
             params = {"chunk_size": settings.chunk_size}
+
+            # Before: the chunked pandas path, then again with its rows present.
             clear_deltas(engine)
-            prod = _measurement(
-                "production (snapshot_deltas)", run_in_child("production", url, params)
-            )
+            before = _measure(name, "before: chunked pandas", "chunked", url, {})
+            reference = deltas_fingerprint(engine)
+            sample = sample_rows(engine, settings.compare_sample)
+            before_again = _measure(name, "before: re-run (rows present)", "chunked", url, {})
+
+            # After: the set-based SQL path, the same way.
+            clear_deltas(engine)
+            after = _measure(name, "after: SQL (snapshot_deltas)", "sql", url, params)
             first = deltas_fingerprint(engine)
-            print(f"[{name}] production: {prod.rows} rows in {prod.wall_s:.1f} s", flush=True)
-            again = _measurement(
-                "production re-run (rows present)", run_in_child("production", url, params)
-            )
+            after_again = _measure(name, "after: re-run (rows present)", "sql", url, params)
             second = deltas_fingerprint(engine)
-            print(f"[{name}] re-run: {again.rows} rows in {again.wall_s:.1f} s", flush=True)
+            out["same_as_before"] = {
+                "fingerprint_equal": first == reference,
+                "before": reference,
+                "after": first,
+                "sample": compare_rows(sample, sample_rows(engine, settings.compare_sample)),
+            }
             out["idempotency"] = {
-                "after_first_run": first,
-                "after_re_run": second,
-                "rows_unchanged": first["rows"] == second["rows"] == prod.rows,
+                "rows_unchanged": first["rows"] == second["rows"] == after.rows,
                 "values_unchanged": first == second,
                 "duplicates": second["duplicates"],
             }
-            sample = min(settings.rowwise_sample, prod.rows)
-            reference = sample_rows(engine, sample)
-
-            if settings.breakdown:
-                clear_deltas(engine)
-                out["breakdown"] = run_in_child(
-                    "breakdown", url, params | {"max_predictions": settings.breakdown_predictions}
-                )
-                print(f"[{name}] breakdown: {out['breakdown']['wall_s']:.1f} s", flush=True)
-
-            clear_deltas(engine)
-            row = _measurement(
-                "row-by-row (sample)", run_in_child("rowwise", url, {"limit": sample})
+            for m, base in ((before, before), (after, before), (before_again, before_again)):
+                m.ratio = m.rows_per_s / base.rows_per_s if base.rows_per_s else None
+            after_again.ratio = (
+                after_again.rows_per_s / before_again.rows_per_s
+                if before_again.rows_per_s
+                else None
             )
-            # Its rate is the per-row loop's (the one listing query is left out, which
-            # favours row-by-row); the full-set time adds the listing back once.
-            row.sample = True
-            row.rows_per_s = row.rows / row.extra["loop_s"] if row.extra["loop_s"] else 0.0
-            row.extrapolated_full_s = (
-                prod.rows / row.rows_per_s + row.extra["list_s"] if row.rows_per_s else None
-            )
-            row.extra["matches_production"] = compare_rows(reference, sample_rows(engine, sample))
-            row.extra["commit_every"] = ROWWISE_COMMIT_EVERY
-            print(f"[{name}] row-by-row: {row.rows} rows in {row.wall_s:.1f} s", flush=True)
-            for m in (prod, again, row):
-                m.ratio = prod.rows_per_s / m.rows_per_s if m.rows_per_s else None
 
             sweep = []
             for size in settings.chunk_sweep:
                 clear_deltas(engine)
-                m = _measurement(
-                    f"production, chunk_size={size}",
-                    run_in_child("production", url, {"chunk_size": size}),
-                    chunk_size=size,
-                )
-                m.ratio = prod.rows_per_s / m.rows_per_s if m.rows_per_s else None
+                m = _measure(name, f"after, chunk_size={size}", "sql", url, {"chunk_size": size})
+                m.extra["chunk_size"] = size
+                m.ratio = m.rows_per_s / before.rows_per_s if before.rows_per_s else None
                 sweep.append(m)
-                print(f"[{name}] chunk {size}: {m.rows} rows in {m.wall_s:.1f} s", flush=True)
-            out["measurements"] = [asdict(m) for m in (prod, again, row, *sweep)]
-            out["ratio_production_over_rowwise"] = prod.rows_per_s / row.rows_per_s
+            measured = (before, after, before_again, after_again, *sweep)
+            out["measurements"] = [asdict(m) for m in measured]
+            out["speedup"] = after.rows_per_s / before.rows_per_s
+            out["speedup_re_run"] = after_again.ratio
         finally:
             engine.dispose()
     out["total_s"] = round(time.perf_counter() - started, 1)
@@ -772,17 +583,16 @@ def run_engine(name: str, settings: Settings, data: Dataset) -> dict[str, Any]:
 
 
 def table(measurements: list[dict[str, Any]]) -> str:
-    header = ("approach", "rows", "wall s", "rows/s", "peak RSS MB", "step +MB", "ratio")
+    header = ("approach", "rows", "statements", "wall s", "rows/s", "peak RSS MB", "step +MB")
+    header += ("vs before",)
     rows = []
     for m in measurements:
-        wall = f"{m['wall_s']:.2f}"
-        if m["extrapolated_full_s"]:
-            wall += f" (full: ~{m['extrapolated_full_s']:.0f})"
         rows.append(
             (
                 m["approach"],
                 f"{m['rows']:,}",
-                wall,
+                str(m["extra"]["statements"]),
+                f"{m['wall_s']:.2f}",
                 f"{m['rows_per_s']:,.0f}",
                 f"{m['peak_rss_mb']:.0f}",
                 f"{m['peak_rss_mb'] - m['base_rss_mb']:.0f}",
@@ -797,30 +607,25 @@ def print_engine(result: dict[str, Any]) -> None:
     print()
     print(f"== {result['engine']} ({version}); load {result['load_s']:.1f} s (not measured)")
     print(table(result["measurements"]))
-    idem = result["idempotency"]
-    match = result["measurements"][2]["extra"]["matches_production"]
+    idem, same = result["idempotency"], result["same_as_before"]
+    sample = same["sample"]
+    print(
+        f"after = before: fingerprint (rows, directions, sums) {same['fingerprint_equal']}; "
+        f"first {sample['rows_reference']:,} rows by id: same ids {sample['same_ids']}, "
+        f"max |delta diff| {sample['max_abs_delta_diff']:.2g}, direction mismatches "
+        f"{sample['direction_mismatches']}"
+    )
     print(
         f"re-run: rows unchanged {idem['rows_unchanged']}, values unchanged "
-        f"{idem['values_unchanged']}, duplicates {idem['duplicates']}; row-by-row rows match "
-        f"production: ids {match['same_ids']}, max |delta diff| {match['max_abs_delta_diff']:.2g}, "
-        f"direction mismatches {match['direction_mismatches']}"
+        f"{idem['values_unchanged']}, duplicates {idem['duplicates']}"
     )
-    prod = result["measurements"][0]["extra"]
+    after = result["measurements"][1]["extra"]
     print(
-        f"production, inside the DBAPI (driver + server): {prod['dbapi_s']} s over "
-        f"{prod['dbapi_calls']} calls ({prod['chunks']} chunks)"
+        f"after, inside the DBAPI (driver + server): {after['dbapi_s']} s over "
+        f"{after['dbapi_calls']} calls"
     )
-    if "breakdown" in result:
-        b = result["breakdown"]
-        print(
-            f"production stages (instrumented copy of its loop, {b['rows']:,} rows in "
-            f"{b['chunks']} chunks, {b['wall_s']:.1f} s): read {b['read_s']:.1f} s, "
-            f"compute {b['compute_s']:.1f} s, write {b['write_s']:.1f} s (frame->dicts alone "
-            f"{b['convert_s']:.1f} s); inside the DBAPI: {b['dbapi_s']} "
-            f"over {b['dbapi_calls']} calls"
-        )
     print(
-        f"production / row-by-row: {result['ratio_production_over_rowwise']:.1f}x; "
+        f"after / before: {result['speedup']:.1f}x (re-run {result['speedup_re_run']:.1f}x); "
         f"engine total {result['total_s']} s"
     )
 
@@ -871,14 +676,13 @@ def run(settings: Settings) -> dict[str, Any]:
             "carries over from the pre-exec parent image); base_rss_mb is its VmRSS before the "
             "step (interpreter + imports + engine), step +MB the difference"
         ),
-        "rowwise": (
-            f"one SELECT of the snapshot price and one INSERT ... ON CONFLICT DO UPDATE per "
-            f"prediction (SQLAlchemy Core, compiled-statement cache), commit every "
-            f"{ROWWISE_COMMIT_EVERY} rows; run on the first rowwise_sample predictions by id; "
-            "rows_per_s is the per-row loop's (the one listing query, extra.list_s, left out), "
-            "extrapolated_full_s = predictions / rows_per_s + list_s"
+        "before": (
+            "benchmarks/deltas_chunked.py: the chunked pandas path production used until "
+            "issue 12 (50,000-row keyset chunks read into pandas, compute_deltas, COPY + "
+            "upsert on PostgreSQL, executemany upsert on SQLite)"
         ),
-        "ratio": "production rows/s divided by row-by-row rows/s",
+        "after": "services.deltas.snapshot_deltas: one INSERT ... SELECT ... ON CONFLICT per chunk",
+        "ratio": "rows/s divided by the before path's rows/s (re-run: by its re-run's)",
         "environment": environment(),
         # Other processes on the machine skew every figure; the 1/5/15-minute load averages.
         "load_average_before": [round(x, 2) for x in load_before],
@@ -900,7 +704,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     parser.add_argument("--predictions", type=int, default=d.predictions)
     parser.add_argument("--markets", type=int, default=d.markets)
     parser.add_argument("--engines", default=",".join(d.engines), help="sqlite,postgresql")
-    parser.add_argument("--rowwise-sample", type=int, default=d.rowwise_sample)
+    parser.add_argument(
+        "--compare-sample",
+        type=int,
+        default=d.compare_sample,
+        help="rows (first by prediction id) compared value by value, before vs after",
+    )
     parser.add_argument(
         "--chunk-size", type=int, default=None, help="production chunk size (default: its own)"
     )
@@ -910,15 +719,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         default=d.chunk_sweep,
         help="extra production runs at these chunk sizes, e.g. 10000,200000",
     )
-    parser.add_argument(
-        "--no-breakdown", action="store_true", help="skip the instrumented stage breakdown run"
-    )
-    parser.add_argument(
-        "--breakdown-predictions",
-        type=int,
-        default=d.breakdown_predictions,
-        help="predictions the instrumented breakdown run covers (0: all)",
-    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--pg-admin-url", default=d.pg_admin_url)
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results path")
@@ -926,17 +726,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     if not engines or set(engines) - {"sqlite", "postgresql"}:
         parser.error("--engines takes sqlite and/or postgresql")
-    if min(args.predictions, args.markets, args.rowwise_sample, args.chunk_size or 1) < 1:
-        parser.error("--predictions, --markets, --rowwise-sample, --chunk-size must be >= 1")
+    if min(args.predictions, args.markets, args.compare_sample, args.chunk_size or 1) < 1:
+        parser.error("--predictions, --markets, --compare-sample, --chunk-size must be >= 1")
     settings = Settings(
         predictions=args.predictions,
         markets=args.markets,
         engines=engines,
-        rowwise_sample=args.rowwise_sample,
+        compare_sample=args.compare_sample,
         chunk_size=args.chunk_size,
         chunk_sweep=args.chunk_sweep,
-        breakdown=not args.no_breakdown,
-        breakdown_predictions=max(0, args.breakdown_predictions),
         seed=args.seed,
         pg_admin_url=args.pg_admin_url,
     )

@@ -12,7 +12,7 @@ from prediction_pipeline.defs.scoring.assets import forecast_scores, model_leade
 from prediction_pipeline.resources import AppDatabase
 from prediction_pipeline.store import scoring as score_store
 from prediction_pipeline.store.tables import forecast_scores as scores_table
-from prediction_pipeline.store.tables import markets, predictions
+from prediction_pipeline.store.tables import market_snapshots, markets, predictions
 from prediction_pipeline.store.tables import prediction_deltas as deltas_table
 from prediction_pipeline_tests.evaluation_world import START, build_world
 from prediction_pipeline_tests.pipeline_helpers import materialization_metadata
@@ -157,3 +157,25 @@ def test_scoring_with_nothing_resolved_is_empty_not_an_error(
     assert result.success
     assert materialization_metadata(result, "forecast_scores")["newly_scored"] == 0
     assert materialization_metadata(result, "model_leaderboard")["scored_predictions"] == 0
+
+
+def test_a_bad_price_fails_the_deltas_at_once_and_writes_nothing(world, engine):
+    snapshots = market_snapshots.c
+    first_today = sa.select(sa.func.min(snapshots.id)).where(snapshots.day == SNAPSHOT)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(market_snapshots)
+            .where(snapshots.id == first_today.scalar_subquery())
+            .values(yes_price=1.5)
+        )
+    result = dg.materialize(
+        [prediction_deltas],
+        partition_key=SNAPSHOT.isoformat(),
+        resources=world,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "outside [0, 1]" in failure.step_failure_data.error.message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert delta_rows(engine) == []

@@ -1,174 +1,220 @@
-"""Service functions for prediction deltas: read the window in chunks, write in bulk."""
+"""Prediction deltas in the database: one INSERT ... SELECT ... ON CONFLICT per chunk.
+
+The database joins the window's predictions to the snapshot day's prices, computes delta,
+|delta| and direction (the rule in `core/deltas.py`) and upserts `prediction_deltas`; no row
+travels through Python, so memory does not grow with the window. The run's summary is read
+back with aggregates over the rows it stamped (`computed_at` is one value per run).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import pandas as pd
 import sqlalchemy as sa
 
+from prediction_pipeline.core.deltas import DISTANCE_TOLERANCE, Mover
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import (
+    UTCDateTime,
     market_snapshots,
     markets,
     prediction_deltas,
     predictions,
 )
 
-#: Columns a chunk frame carries (see `iter_window_chunks`).
-CHUNK_COLUMNS = (
-    "prediction_id",
-    "model",
-    "market_id",
-    "day",
-    "probability",
-    "market_price",
-    "yes_price",
-)
+#: Columns an upsert rewrites, in the order the source SELECT yields them after the key.
+_UPDATED = ("market_price", "price_then", "delta", "abs_delta", "direction", "computed_at")
 
 
-def iter_window_chunks(
+class InvalidPriceError(ValueError):
+    """A price outside [0, 1] in the window: bad data, not worth retrying."""
+
+
+def _in_window(snapshot_day: dt.date, days_lookback: int):
+    start = snapshot_day - dt.timedelta(days=days_lookback)
+    return sa.and_(predictions.c.day >= start, predictions.c.day < snapshot_day)
+
+
+def check_prices(conn: sa.Connection, snapshot_day: dt.date, days_lookback: int) -> None:
+    """Raise `InvalidPriceError` before anything is written if the snapshot day's prices or
+    the window's prices-then leave [0, 1] (on PostgreSQL NaN sorts above 1, so it is caught)."""
+    snapshot = conn.execute(
+        sa.select(market_snapshots.c.market_id, market_snapshots.c.yes_price)
+        .where(
+            market_snapshots.c.day == snapshot_day,
+            sa.or_(market_snapshots.c.yes_price < 0, market_snapshots.c.yes_price > 1),
+        )
+        .limit(5)
+    ).all()
+    if snapshot:
+        raise InvalidPriceError(
+            f"snapshot prices on {snapshot_day} outside [0, 1] (market id, price): "
+            f"{[tuple(r) for r in snapshot]}"
+        )
+    then = conn.execute(
+        sa.select(predictions.c.id, predictions.c.market_price)
+        .where(
+            _in_window(snapshot_day, days_lookback),
+            sa.or_(predictions.c.market_price < 0, predictions.c.market_price > 1),
+        )
+        .limit(5)
+    ).all()
+    if then:
+        raise InvalidPriceError(
+            f"predictions with a market price outside [0, 1] (prediction id, price): "
+            f"{[tuple(r) for r in then]}"
+        )
+
+
+def window_days(snapshot_day: dt.date, days_lookback: int) -> list[dt.date]:
+    """The days whose predictions a snapshot covers, oldest first."""
+    return [snapshot_day - dt.timedelta(days=k) for k in range(days_lookback, 0, -1)]
+
+
+def chunk_end(conn: sa.Connection, day: dt.date, after: int | None, chunk_size: int) -> int | None:
+    """The id ending the next chunk of `chunk_size` predictions made on `day` after id
+    `after`, or None when fewer remain (the rest of the day is the last chunk). Reads
+    `chunk_size` index entries (on SQLite the day index holds the rowid, in order)."""
+    query = (
+        sa.select(predictions.c.id)
+        .where(predictions.c.day == day, predictions.c.id > (after or 0))
+        .order_by(predictions.c.id)
+        .offset(chunk_size - 1)
+        .limit(1)
+    )
+    return conn.scalar(query)
+
+
+def upsert_chunk(
     conn: sa.Connection,
     snapshot_day: dt.date,
-    days_lookback: int,
+    day: dt.date,
+    after: int | None,
+    up_to: int | None,
+    computed_at: dt.datetime,
     *,
     include_closed_markets: bool = False,
     exclude_categories: Sequence[str] = (),
-    max_predictions: int | None = None,
-    chunk_size: int = 50_000,
-) -> Iterator[pd.DataFrame]:
-    """Predictions made in [snapshot_day - days_lookback, snapshot_day) joined with their
-    market's snapshot on `snapshot_day`, `chunk_size` rows at a time, so memory stays
-    bounded whatever the window holds. Keyset on (day, id): the day index serves both the
-    filter and the order (on SQLite the rowid is the index's tail), so no chunk re-sorts
-    the window."""
-    start = snapshot_day - dt.timedelta(days=days_lookback)
-    query = (
+    limit: int | None = None,
+) -> int:
+    """Deltas on `snapshot_day` of the predictions made on `day` with an id in
+    (after, up_to] (None: unbounded), in one statement. Predictions whose market has no
+    price on `snapshot_day` (or is not open, unless `include_closed_markets`) get no row.
+    With `limit`, only the first `limit` rows by id. Idempotent per (prediction, snapshot
+    day). Returns the rows written."""
+    p, s = predictions.c, market_snapshots.c
+    gap_now = sa.func.abs(s.yes_price - p.probability)
+    gap_then = sa.func.abs(p.market_price - p.probability)
+    direction = sa.case(
+        (p.market_price.is_(None), "unknown"),
+        (sa.func.abs(gap_now - gap_then) <= DISTANCE_TOLERANCE, "flat"),
+        (gap_now < gap_then, "toward"),
+        else_="away",
+    )
+    source = (
         sa.select(
-            predictions.c.id.label("prediction_id"),
-            predictions.c.model_slug.label("model"),
-            predictions.c.market_id,
-            predictions.c.day,
-            predictions.c.probability,
-            predictions.c.market_price,
-            market_snapshots.c.yes_price,
+            p.id,
+            sa.literal(snapshot_day, sa.Date),
+            s.yes_price,
+            p.market_price,
+            s.yes_price - p.probability,
+            gap_now,
+            direction,
+            sa.literal(computed_at, UTCDateTime),
         )
+        .select_from(predictions)
         .join(
             market_snapshots,
-            sa.and_(
-                market_snapshots.c.market_id == predictions.c.market_id,
-                market_snapshots.c.day == snapshot_day,
-            ),
+            sa.and_(s.market_id == p.market_id, s.day == snapshot_day),
         )
-        .join(markets, markets.c.id == predictions.c.market_id)
-        .where(
-            predictions.c.day >= start,
-            predictions.c.day < snapshot_day,
-            market_snapshots.c.yes_price.is_not(None),
-        )
-        .order_by(predictions.c.day, predictions.c.id)
+        .where(p.day == day, s.yes_price.is_not(None))
     )
+    if after is not None:
+        source = source.where(p.id > after)
+    if up_to is not None:
+        source = source.where(p.id <= up_to)
     if not include_closed_markets:
-        query = query.where(market_snapshots.c.status == "open")
-    excluded = [c.lower() for c in exclude_categories if c.strip()]
+        source = source.where(s.status == "open")
+    excluded = [c.strip().lower() for c in exclude_categories if c.strip()]
     if excluded:
-        query = query.where(
+        source = source.join(markets, markets.c.id == p.market_id).where(
             sa.or_(markets.c.category.is_(None), sa.func.lower(markets.c.category).not_in(excluded))
         )
-    remaining = max_predictions
-    after = None  # (day, id) of the last row read
-    while remaining is None or remaining > 0:
-        size = chunk_size if remaining is None else min(chunk_size, remaining)
-        page = (
-            query
-            if after is None
-            else query.where(sa.tuple_(predictions.c.day, predictions.c.id) > sa.tuple_(*after))
-        )
-        rows = conn.execute(page.limit(size)).all()
-        if not rows:
-            return
-        frame = pd.DataFrame(rows, columns=list(CHUNK_COLUMNS))
-        after = (rows[-1].day, rows[-1].prediction_id)
-        if remaining is not None:
-            remaining -= len(frame)
-        yield frame
-        if len(rows) < size:
-            return
-
-
-_DELTA_COLUMNS = (
-    "prediction_id",
-    "snapshot_day",
-    "market_price",
-    "price_then",
-    "delta",
-    "abs_delta",
-    "direction",
-    "computed_at",
-)
-_UPDATED = _DELTA_COLUMNS[2:]
-
-
-def upsert_deltas(conn: sa.Connection, deltas: pd.DataFrame) -> int:
-    """Write deltas (with their `price_then`) idempotently per (prediction, snapshot day)."""
-    if deltas.empty:
-        return 0
-    frame = deltas.assign(computed_at=dt.datetime.now(dt.UTC))[list(_DELTA_COLUMNS)]
-    if conn.dialect.name == "postgresql":
-        return _copy_upsert_postgresql(conn, frame)
-    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")  # NaN -> NULL
-    insert = dialect_insert(conn, prediction_deltas)
+    if limit is not None:
+        source = source.order_by(p.id).limit(limit)
+    insert = dialect_insert(conn, prediction_deltas).from_select(
+        ["prediction_id", "snapshot_day", *_UPDATED], source
+    )
     statement = insert.on_conflict_do_update(
         index_elements=["prediction_id", "snapshot_day"],
         set_={c: insert.excluded[c] for c in _UPDATED},
-    ).returning(prediction_deltas.c.id)  # RETURNING lets SQLAlchemy batch rows per statement
-    for offset in range(0, len(rows), 5_000):
-        conn.execute(statement, rows[offset : offset + 5_000]).all()
-    return len(rows)
-
-
-def _copy_upsert_postgresql(conn: sa.Connection, frame: pd.DataFrame) -> int:
-    """PostgreSQL: COPY the chunk into a temporary table, then one INSERT ... SELECT ...
-    ON CONFLICT. An executemany of upserts costs a round trip per row; COPY streams."""
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
-    buffer.seek(0)
-    columns = ", ".join(_DELTA_COLUMNS)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _UPDATED)
-    conn.exec_driver_sql(
-        "CREATE TEMPORARY TABLE IF NOT EXISTS deltas_incoming "
-        "(LIKE prediction_deltas INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cursor.copy_expert(
-            f"COPY deltas_incoming ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
-        )
-    finally:
-        cursor.close()
-    conn.exec_driver_sql(
-        f"INSERT INTO prediction_deltas ({columns}) SELECT {columns} FROM deltas_incoming "
-        f"ON CONFLICT (prediction_id, snapshot_day) DO UPDATE SET {updates}"
+    return conn.execute(statement).rowcount
+
+
+def refresh_statistics(conn: sa.Connection) -> None:
+    """PostgreSQL: ANALYZE the table a run just filled. With the statistics of an empty
+    table the planner reads a million fresh rows back by a million index lookups (1.6 s in
+    the benchmark) instead of one hash join (0.6 s, plus 0.2 s for the ANALYZE). SQLite's
+    planner needs no statistics here."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE prediction_deltas")
+
+
+def _stamped(snapshot_day: dt.date, computed_at: dt.datetime):
+    """The rows one run wrote: its snapshot day and its `computed_at` stamp."""
+    return sa.and_(
+        prediction_deltas.c.snapshot_day == snapshot_day,
+        prediction_deltas.c.computed_at == computed_at,
     )
-    conn.exec_driver_sql("TRUNCATE deltas_incoming")
-    return len(frame)
 
 
-def describe_predictions(conn: sa.Connection, prediction_ids: Sequence[int]) -> pd.DataFrame:
-    """Model, market and question of a few predictions (for previews)."""
+def run_aggregates(
+    conn: sa.Connection, snapshot_day: dt.date, computed_at: dt.datetime
+) -> list[tuple[str, str, int, float]]:
+    """(model, direction, rows, sum of |delta|) over the rows one run wrote."""
+    d = prediction_deltas.c
+    query = (
+        sa.select(predictions.c.model_slug, d.direction, sa.func.count(), sa.func.sum(d.abs_delta))
+        .select_from(prediction_deltas)
+        .join(predictions, predictions.c.id == d.prediction_id)
+        .where(_stamped(snapshot_day, computed_at))
+        .group_by(predictions.c.model_slug, d.direction)
+    )
+    return [(m, direction, int(n), float(total)) for m, direction, n, total in conn.execute(query)]
+
+
+def largest_movers(
+    conn: sa.Connection, snapshot_day: dt.date, computed_at: dt.datetime, n: int = 10
+) -> list[Mover]:
+    """The `n` rows of one run with the largest |delta|, ties by prediction id, described
+    by model and market. The top rows are picked first, then joined (n lookups, not N)."""
+    d = prediction_deltas.c
+    top = (
+        sa.select(d.prediction_id, d.market_price, d.delta, d.abs_delta, d.direction)
+        .where(_stamped(snapshot_day, computed_at))
+        .order_by(d.abs_delta.desc(), d.prediction_id)
+        .limit(n)
+        .subquery()
+    )
     query = (
         sa.select(
-            predictions.c.id.label("prediction_id"),
-            predictions.c.model_slug.label("model"),
+            top.c.prediction_id,
+            predictions.c.model_slug,
             markets.c.source_id,
             markets.c.question,
+            top.c.market_price,
+            top.c.delta,
+            top.c.abs_delta,
+            top.c.direction,
         )
+        .select_from(top)
+        .join(predictions, predictions.c.id == top.c.prediction_id)
         .join(markets, markets.c.id == predictions.c.market_id)
-        .where(predictions.c.id.in_(list(prediction_ids)))
+        .order_by(top.c.abs_delta.desc(), top.c.prediction_id)
     )
-    return pd.DataFrame(conn.execute(query).all(), columns=list(query.selected_columns.keys()))
+    return [Mover(*row) for row in conn.execute(query)]
 
 
 def delta_quality(conn: sa.Connection, snapshot_day: dt.date) -> dict[str, int]:

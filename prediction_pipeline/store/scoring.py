@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+from dataclasses import dataclass
 
 import pandas as pd
 import sqlalchemy as sa
 
+from prediction_pipeline.core.scoring import LOG_SCORE_EPS
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import (
+    UTCDateTime,
     forecast_scores,
     markets,
     model_leaderboard,
@@ -18,51 +22,115 @@ from prediction_pipeline.store.tables import (
 # The leaderboard's group keys: a dimension's bucket column, as named in core.scoring.
 LEADERBOARD_KEYS = {"overall": None, "category": "category", "horizon": "horizon_bucket"}
 
-SCORE_COLUMNS = (
-    "prediction_id",
-    "model",
-    "market_id",
-    "category",
-    "probability",
-    "market_price",
-    "outcome",
-    "horizon_days",
-)
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """What one scoring statement wrote: rows and the distinct markets they belong to."""
+
+    rows: int
+    markets: int
 
 
-def _utc(value):
-    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def resolved_predictions(conn: sa.Connection, rescore_all: bool = False) -> pd.DataFrame:
-    """Predictions on markets resolved YES or NO (not yet scored unless `rescore_all`)."""
-    query = (
-        sa.select(
-            predictions.c.id.label("prediction_id"),
-            predictions.c.model_slug.label("model"),
-            predictions.c.market_id,
-            markets.c.category,
-            predictions.c.probability,
-            predictions.c.market_price,
-            markets.c.resolved_outcome,
-            markets.c.end_date,
-            predictions.c.day,
-        )
-        .join(markets, markets.c.id == predictions.c.market_id)
-        .where(markets.c.status == "resolved", markets.c.resolved_outcome.in_(["yes", "no"]))
+def _clipped(p):
+    """p clipped to [eps, 1 - eps], so that a certain miss costs ln(eps), not -inf."""
+    return sa.case(
+        (p < LOG_SCORE_EPS, LOG_SCORE_EPS),
+        (p > 1.0 - LOG_SCORE_EPS, 1.0 - LOG_SCORE_EPS),
+        else_=p,
     )
-    if not rescore_all:
-        scored = sa.exists().where(forecast_scores.c.prediction_id == predictions.c.id)
-        query = query.where(~scored)
-    rows = conn.execute(query).all()
-    frame = pd.DataFrame(rows, columns=list(query.selected_columns.keys()))
-    if frame.empty:
-        return pd.DataFrame(columns=list(SCORE_COLUMNS))
-    frame["outcome"] = (frame["resolved_outcome"] == "yes").astype(float)
-    end = pd.to_datetime(frame["end_date"].map(_utc), utc=True)
-    made = pd.to_datetime(frame["day"]).dt.tz_localize("UTC")
-    frame["horizon_days"] = (end - made).dt.total_seconds() / 86_400
-    return frame[list(SCORE_COLUMNS)]
+
+
+def _brier(p, outcome):
+    return (p - outcome) * (p - outcome)
+
+
+def _log_score(p, resolved_yes):
+    """ln of the probability given to what happened (the rule in core/scoring.py); NULL
+    when p is NULL (no market price)."""
+    q = _clipped(p)
+    return sa.case((resolved_yes, sa.func.ln(q)), else_=sa.func.ln(1.0 - q))
+
+
+def _horizon_days(dialect: str):
+    """Days from the prediction day (midnight UTC) to the market's end; NULL without an end.
+    SQLite stores UTC datetimes as text (whole seconds are kept: strftime('%s'))."""
+    end, made = markets.c.end_date, predictions.c.day
+    if dialect == "postgresql":
+        made_utc = sa.func.timezone("UTC", sa.cast(made, sa.DateTime))
+        seconds = sa.extract("epoch", end) - sa.extract("epoch", made_utc)
+    else:
+        seconds = sa.func.strftime("%s", end) - sa.func.strftime("%s", made)
+    return sa.cast(seconds, sa.Float) / 86_400.0
+
+
+def register_sqlite_ln(dbapi_connection) -> None:
+    """SQLite has ln() only when built with its math functions: register Python's
+    (the same C log(), deterministic so SQLite may use it in indexes and constants)."""
+    dbapi_connection.create_function("ln", 1, math.log, deterministic=True)
+
+
+def _ensure_ln(conn: sa.Connection) -> None:
+    if conn.dialect.name != "sqlite":
+        return
+    try:
+        conn.exec_driver_sql("SELECT ln(1.0)")
+    except sa.exc.OperationalError:  # "no such function: ln"
+        register_sqlite_ln(conn.connection.dbapi_connection)
+
+
+def score_resolutions(conn: sa.Connection, rescore_all: bool = False) -> ScoringRun:
+    """Score every prediction on a market resolved YES or NO that has no score yet (all of
+    them, rewritten, with `rescore_all`) in one INSERT ... SELECT ... ON CONFLICT: Brier and
+    log score of the probability and of the market price it faced, outcome, category and
+    horizon, computed by the database, so memory does not grow with the number of predictions.
+    Closed-unresolved and void markets are left out. Idempotent per prediction."""
+    _ensure_ln(conn)
+    p, m = predictions.c, markets.c
+    resolved_yes = m.resolved_outcome == "yes"
+    outcome = sa.cast(sa.case((resolved_yes, 1.0), else_=0.0), sa.Float)
+    scored_at = dt.datetime.now(dt.UTC)
+    source = (
+        sa.select(
+            p.id,
+            p.model_slug,
+            p.market_id,
+            m.category,
+            _horizon_days(conn.dialect.name),
+            p.probability,
+            p.market_price,
+            outcome,
+            _brier(p.probability, outcome),
+            _log_score(p.probability, resolved_yes),
+            _brier(p.market_price, outcome),
+            _log_score(p.market_price, resolved_yes),
+            sa.literal(scored_at, UTCDateTime),
+        )
+        .join(markets, m.id == p.market_id)
+        .where(m.status == "resolved", m.resolved_outcome.in_(["yes", "no"]))
+    )
+    columns = [c.name for c in forecast_scores.columns if c.name != "id"]
+    insert = dialect_insert(conn, forecast_scores).from_select(columns, source)
+    if rescore_all:
+        statement = insert.on_conflict_do_update(
+            index_elements=["prediction_id"],
+            set_={c: insert.excluded[c] for c in columns if c != "prediction_id"},
+        )
+    else:
+        # Already scored: skipped by the unique index, not by a NOT EXISTS anti-join. On a
+        # just-emptied table PostgreSQL's planner may run that anti-join as a nested loop
+        # over a sequential scan of the very table the INSERT grows: quadratic (190 s for
+        # 100,000 rows in benchmarks/scoring_scale.py).
+        statement = insert.on_conflict_do_nothing(index_elements=["prediction_id"])
+    rows = conn.execute(statement).rowcount
+    if not rows:
+        return ScoringRun(rows=0, markets=0)
+    # The rows this statement wrote carry its `scored_at`.
+    markets_scored = conn.scalar(
+        sa.select(sa.func.count(sa.distinct(forecast_scores.c.market_id))).where(
+            forecast_scores.c.scored_at == scored_at
+        )
+    )
+    return ScoringRun(rows=rows, markets=markets_scored or 0)
 
 
 def excluded_prediction_counts(conn: sa.Connection) -> dict[str, int]:
@@ -83,41 +151,6 @@ def excluded_prediction_counts(conn: sa.Connection) -> dict[str, int]:
             sa.or_(markets.c.resolved_outcome.is_(None), markets.c.resolved_outcome == "void"),
         ),
     }
-
-
-def upsert_scores(conn: sa.Connection, scored: pd.DataFrame) -> int:
-    if scored.empty:
-        return 0
-    frame = scored.rename(columns={"model": "model_slug"}).assign(scored_at=dt.datetime.now(dt.UTC))
-    columns = [c.name for c in forecast_scores.columns if c.name != "id"]
-    frame = frame[columns].astype(object).where(frame[columns].notna(), None)
-    insert = dialect_insert(conn, forecast_scores)
-    statement = insert.on_conflict_do_update(
-        index_elements=["prediction_id"],
-        set_={c: insert.excluded[c] for c in columns if c != "prediction_id"},
-    ).returning(forecast_scores.c.id)  # RETURNING: batched, not one row a statement
-    rows = frame.to_dict("records")
-    for offset in range(0, len(rows), 5_000):
-        conn.execute(statement, rows[offset : offset + 5_000]).all()
-    return len(rows)
-
-
-def all_scores(conn: sa.Connection) -> pd.DataFrame:
-    query = sa.select(
-        forecast_scores.c.prediction_id,
-        forecast_scores.c.model_slug.label("model"),
-        forecast_scores.c.market_id,
-        forecast_scores.c.category,
-        forecast_scores.c.horizon_days,
-        forecast_scores.c.probability,
-        forecast_scores.c.market_price,
-        forecast_scores.c.outcome,
-        forecast_scores.c.brier,
-        forecast_scores.c.log_score,
-        forecast_scores.c.market_brier,
-        forecast_scores.c.market_log_score,
-    )
-    return pd.DataFrame(conn.execute(query).all(), columns=list(query.selected_columns.keys()))
 
 
 def replace_leaderboard(conn: sa.Connection, rows: pd.DataFrame) -> int:

@@ -3,8 +3,10 @@
 import datetime as dt
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
+from prediction_pipeline.core.deltas import Mover
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.partitions import daily_partitions
 from prediction_pipeline.resources import AppDatabase
@@ -17,7 +19,9 @@ class DeltasConfig(RunConfig):
     max_predictions: int | None = Field(default=None, ge=1, description="Cap, oldest id first.")
     include_closed_markets: bool = False
     exclude_categories: list[str] = Field(default_factory=list)
-    chunk_size: int = Field(default=50_000, ge=100, description="Rows read and written at once.")
+    chunk_size: int = Field(
+        default=200_000, ge=100, description="Predictions per upsert statement (transaction)."
+    )
 
 
 CHECK_SPECS = [
@@ -39,7 +43,7 @@ CHECK_SPECS = [
     partitions_def=daily_partitions,
     deps=["markets", "predictions"],
     group_name="evaluation",
-    kinds={"pandas", "sql"},
+    kinds={"sql"},
     check_specs=CHECK_SPECS,
     retry_policy=dg.RetryPolicy(
         max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -47,7 +51,8 @@ CHECK_SPECS = [
     description=(
         "For each prediction made within `days_lookback` days before the partition day: the "
         "market price that day, delta (price - probability), |delta|, and whether the market "
-        "moved toward or away from the prediction. Idempotent per (prediction, day)."
+        "moved toward or away from the prediction. Computed by the database, one upsert per "
+        "chunk of predictions. Idempotent per (prediction, day)."
     ),
 )
 def prediction_deltas(
@@ -55,35 +60,28 @@ def prediction_deltas(
 ) -> dg.MaterializeResult:
     day = dt.date.fromisoformat(context.partition_key)
     engine = app_db.engine()
-    summary = snapshot_deltas(
-        engine,
-        day,
-        days_lookback=config.days_lookback,
-        max_predictions=config.max_predictions,
-        include_closed_markets=config.include_closed_markets,
-        exclude_categories=config.exclude_categories,
-        chunk_size=config.chunk_size,
-    )
-    context.log.info(f"{day}: {summary.rows} deltas in {summary.chunks} chunks")
+    try:
+        summary = snapshot_deltas(
+            engine,
+            day,
+            days_lookback=config.days_lookback,
+            max_predictions=config.max_predictions,
+            include_closed_markets=config.include_closed_markets,
+            exclude_categories=config.exclude_categories,
+            chunk_size=config.chunk_size,
+        )
+    except delta_store.InvalidPriceError as error:  # bad data: a retry cannot fix it
+        raise dg.Failure(str(error), allow_retries=False) from error
+    context.log.info(f"{day}: {summary.rows} deltas in {summary.statements} statements")
     with engine.connect() as conn:
         quality = delta_store.delta_quality(conn, day)
-        movers = summary.movers
-        if not movers.empty:
-            described = delta_store.describe_predictions(conn, movers["prediction_id"].tolist())
-            movers = movers.drop(columns="model").merge(described, on="prediction_id")
-    preview = "_no deltas_"
-    if not movers.empty:
-        table = movers[["model", "source_id", "question", "market_price", "delta", "direction"]]
-        table = table.assign(question=table["question"].str.slice(0, 60)).round(3)
-        preview = table.sort_values("delta", key=abs, ascending=False).to_markdown(index=False)
-    mean_by_model = summary.mean_abs_delta_by_model()
     return dg.MaterializeResult(
         metadata={
             "deltas": summary.rows,
-            "chunks": summary.chunks,
-            **{f"direction_{k}": v for k, v in sorted(summary.by_direction.items())},
-            "mean_abs_delta_by_model": dg.MetadataValue.json(mean_by_model),
-            "largest_movers": dg.MetadataValue.md(preview),
+            "statements": summary.statements,
+            **{f"direction_{k}": v for k, v in summary.by_direction.items()},
+            "mean_abs_delta_by_model": dg.MetadataValue.json(summary.mean_abs_delta_by_model),
+            "largest_movers": dg.MetadataValue.md(_movers_table(summary.movers)),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -98,3 +96,22 @@ def prediction_deltas(
             ),
         ],
     )
+
+
+def _movers_table(movers: list[Mover]) -> str:
+    if not movers:
+        return "_no deltas_"
+    table = pd.DataFrame(
+        [
+            {
+                "model": m.model,
+                "source_id": m.source_id,
+                "question": m.question[:60],
+                "market_price": m.market_price,
+                "delta": m.delta,
+                "direction": m.direction,
+            }
+            for m in movers
+        ]
+    )
+    return table.round(3).to_markdown(index=False)

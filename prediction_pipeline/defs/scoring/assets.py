@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from prediction_pipeline.core.scoring import calibration_chart, score_predictions
+from prediction_pipeline.core.scoring import calibration_chart
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import AppDatabase
 from prediction_pipeline.services.leaderboard import build_leaderboard
@@ -32,17 +32,14 @@ class ScoringConfig(RunConfig):
 def forecast_scores(
     context: dg.AssetExecutionContext, config: ScoringConfig, app_db: AppDatabase
 ) -> dg.MaterializeResult:
-    with app_db.connect() as conn:
-        pending = score_store.resolved_predictions(conn, rescore_all=config.rescore_all)
-        excluded = score_store.excluded_prediction_counts(conn)
-    scored = score_predictions(pending)
     with app_db.begin() as conn:
-        written = score_store.upsert_scores(conn, scored)
-    context.log.info(f"scored {written} predictions; excluded {excluded}")
+        scored = score_store.score_resolutions(conn, rescore_all=config.rescore_all)
+        excluded = score_store.excluded_prediction_counts(conn)
+    context.log.info(f"scored {scored.rows} predictions; excluded {excluded}")
     return dg.MaterializeResult(
         metadata={
-            "newly_scored": written,
-            "resolved_markets": int(pending["market_id"].nunique()) if written else 0,
+            "newly_scored": scored.rows,
+            "resolved_markets": scored.markets,
             **excluded,
         }
     )
