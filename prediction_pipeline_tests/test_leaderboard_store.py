@@ -18,11 +18,26 @@ from prediction_pipeline_tests.evaluation_world import build_world
 
 @pytest.fixture
 def scored(engine):
+    """The world scored by the database; the frame the pure leaderboard expects is rebuilt
+    from the stored rows with core.scoring, as the oracle of the SQL aggregates."""
     build_world(engine)
     with engine.begin() as conn:
-        frame = score_predictions(score_store.resolved_predictions(conn))
-        score_store.upsert_scores(conn, frame)
-    return frame
+        score_store.score_resolutions(conn)
+        rows = conn.execute(
+            sa.select(
+                forecast_scores.c.prediction_id,
+                forecast_scores.c.model_slug.label("model"),
+                forecast_scores.c.market_id,
+                forecast_scores.c.category,
+                forecast_scores.c.probability,
+                forecast_scores.c.market_price,
+                forecast_scores.c.outcome,
+                forecast_scores.c.horizon_days,
+            )
+        ).all()
+    frame = pd.DataFrame(rows, columns=list(rows[0]._fields))
+    frame["market_price"] = frame["market_price"].astype(float)
+    return score_predictions(frame)
 
 
 @pytest.mark.parametrize(
