@@ -223,7 +223,8 @@ def test_bad_credit_amounts_are_refused(engine, client, body):
         assert conn.scalar(sa.select(sa.func.count()).select_from(credit_ledger)) == 0
 
 
-def test_malformed_json_and_session_model_list(client, market):
+def test_malformed_json_and_session_model_list(engine, client, market):
+    on_demand.grant(engine, USER, 5)
     answer = client.post(
         "/v1/credits", content=b'{"user": ', headers={"Content-Type": "application/json"}
     )
@@ -231,6 +232,10 @@ def test_malformed_json_and_session_model_list(client, market):
     answer = client.post("/v1/sessions", json={"market": market, "models": MODEL, "user": USER})
     assert answer.status_code == 422
     assert "models" in [f["field"] for f in answer.json()["fields"]]
+    body = {"market": market, "models": [MODEL, "no/such"], "user": USER}
+    answer = client.post("/v1/sessions", json=body)
+    assert answer.status_code == 422
+    assert [f["field"] for f in answer.json()["fields"]] == ["models"]
 
 
 def test_bodies_over_64_kib_get_413(api, key):

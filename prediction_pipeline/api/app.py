@@ -213,7 +213,7 @@ def create_app(
                     idempotency_key=scoped,
                 )
             except (LookupError, ValueError) as exc:
-                raise errors.from_service(exc) from None
+                raise errors.from_service(exc, model_field="models") from None
             return accepted("sessions", item_id)
 
         return await once(request, api_key, key, action)

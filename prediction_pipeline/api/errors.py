@@ -27,7 +27,7 @@ def invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, fields=[{"field": field, "message": message}])
 
 
-def from_service(exc: Exception) -> ApiError:
+def from_service(exc: Exception, model_field: str = "model") -> ApiError:
     """The services' errors, by kind; LookupErrors name what was not found first."""
     if isinstance(exc, InsufficientCredits):
         return ApiError(
@@ -44,7 +44,7 @@ def from_service(exc: Exception) -> ApiError:
         if message.startswith(prefix):
             return invalid(field, message)
     if isinstance(exc, LookupError):
-        return invalid("model", message)
+        return invalid(model_field, message)
     return invalid("body", message)
 
 
