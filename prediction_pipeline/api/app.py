@@ -23,10 +23,8 @@ from prediction_pipeline.api.body_limit import BodyLimit
 from prediction_pipeline.api.schemas import Accepted, Balance, CreditsIn, PredictionIn, SessionIn
 from prediction_pipeline.core.digests import DEV_UNSUBSCRIBE_SECRET
 from prediction_pipeline.services import api_access, on_demand
-from prediction_pipeline.services.api_access import ApiKey
-from prediction_pipeline.store import migrate
+from prediction_pipeline.services.api_access import FINAL_EVENTS, ApiKey
 from prediction_pipeline.store.db import default_database_url, make_engine
-from prediction_pipeline.store.events import FINAL_EVENTS
 
 MAX_BODY_BYTES = 64 * 1024
 FINAL_STATUS = ("succeeded", "failed", "completed", "partial")
@@ -133,19 +131,10 @@ def create_app(
     @app.get("/readyz", tags=["operations"])
     def readyz() -> JSONResponse:
         """The app database answers and its schema is current."""
-        head = migrate.head_revision()
-        try:
-            current = migrate.current_revision(engine)
-        except sa.exc.DBAPIError as exc:
-            reason = f"database unreachable ({exc.orig.__class__.__name__})"
+        reason = api_access.readiness(engine)
+        if reason is not None:
             return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
-        if current != head:
-            reason = (
-                f"database at migration {current or 'none'}, the code expects {head}: "
-                "run `prediction-pipeline db upgrade`"
-            )
-            return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
-        return JSONResponse({"status": "ready", "revision": current})
+        return JSONResponse({"status": "ready"})
 
     @app.post("/v1/predictions", status_code=202, response_model=Accepted, tags=["predictions"])
     async def post_prediction(

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from prediction_pipeline.store.on_demand import IdempotencyConflict, InsufficientCredits
+from prediction_pipeline.services.on_demand import IdempotencyConflict, InsufficientCredits
 
 log = logging.getLogger("prediction_pipeline.api")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from prediction_pipeline.store.on_demand import MAX_GRANT, MAX_MODELS
+from prediction_pipeline.services.on_demand import MAX_GRANT, MAX_MODELS
 
 Slug = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # The service checks the address itself (core.digests' rules, the same as the CLI's).

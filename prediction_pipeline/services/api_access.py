@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from prediction_pipeline.store import api as api_store
-from prediction_pipeline.store import events
+from prediction_pipeline.store import events, migrate
 from prediction_pipeline.store import users as user_store
 
+FINAL_EVENTS = events.FINAL_EVENTS
 KEY_PREFIX = "ppk_"  # tells a leaked key apart from other secrets in a scan
 
 
@@ -122,3 +123,18 @@ def prediction_view(engine: sa.Engine, prediction_id: int | None) -> dict | None
 def events_after(engine: sa.Engine, item_id: str, after_id: int) -> list[sa.Row]:
     with engine.connect() as conn:
         return events.events_after(conn, item_id, after_id)
+
+
+def readiness(engine: sa.Engine) -> str | None:
+    """None when the database answers and is at the code's migration, else why not."""
+    head = migrate.head_revision()
+    try:
+        current = migrate.current_revision(engine)
+    except sa.exc.DBAPIError as exc:
+        return f"database unreachable ({exc.orig.__class__.__name__})"
+    if current != head:
+        return (
+            f"database at migration {current or 'none'}, the code expects {head}: "
+            "run `prediction-pipeline db upgrade`"
+        )
+    return None

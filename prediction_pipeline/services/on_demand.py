@@ -29,6 +29,11 @@ from prediction_pipeline.store import users as user_store
 
 CREDITS_PER_MODEL = 1
 
+# What callers (the CLI, the HTTP API) catch and show, from the store that enforces it.
+InsufficientCredits = queue.InsufficientCredits
+IdempotencyConflict = queue.IdempotencyConflict
+MAX_GRANT, MAX_MODELS = queue.MAX_GRANT, queue.MAX_MODELS
+
 # Builds the forecaster of a registered model (resources.Forecasters.build in production).
 ForecasterFactory = Callable[[model_store.ModelSpec], Forecaster]
 
