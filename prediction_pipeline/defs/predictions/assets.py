@@ -89,7 +89,9 @@ def predictions(
         )
         contexts = market_contexts(conn, chosen, day)
 
-    forecaster = forecasters.build(spec, show_market_price=config.show_market_price)
+    forecaster = forecasters.build(
+        spec, show_market_price=config.show_market_price, limits_engine=engine
+    )
     task = PredictionTask(
         model=model,
         day=day,
