@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from types import TracebackType
 from typing import Protocol
 
@@ -65,7 +66,7 @@ class SharedBudget(Protocol):
 
     def release_lease(self, slot: int, holder: str) -> None: ...
 
-    def reserve(self) -> float: ...  # seconds until this call's send slot
+    def reserve(self) -> tuple[float, float]: ...  # (send slot, now) on the budget's clock
 
     def push_back(self, seconds: float) -> None: ...
 
@@ -104,6 +105,7 @@ class ModelLimiter:
         self.shared = shared
         self._leases: dict[asyncio.Task, tuple[int, str]] = {}  # task -> shared lease
         self._background: set[asyncio.Task] = set()
+        self._clock_offset = math.inf  # local wall clock - the shared budget's clock
 
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
@@ -190,20 +192,33 @@ class ModelLimiter:
         shared = self.shared
         holder = shared.new_holder()
         poll = LEASE_POLL_FIRST
-        while (slot := await asyncio.to_thread(shared.take_lease, holder)) is None:
+        while (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
             await asyncio.sleep(poll * random.uniform(0.5, 1.5))
             poll = min(LEASE_POLL_MAX, poll * 2)
         try:
             while True:
                 await self._wait_cooldown(loop)
-                await asyncio.sleep(await asyncio.to_thread(shared.reserve))
+                send_at, budget_now = await asyncio.to_thread(shared.reserve)
+                await asyncio.sleep(self._until_slot(send_at, budget_now))
                 if self._resume_at <= loop.time():
                     break
                 # A pause began while we slept: that slot is too early now, take another.
         except BaseException:
-            await asyncio.shield(asyncio.to_thread(shared.release_lease, slot, holder))
+            await asyncio.shield(asyncio.to_thread(shared.release_lease, lease, holder))
             raise
-        self._leases[asyncio.current_task()] = (slot, holder)
+        self._leases[asyncio.current_task()] = (lease, holder)
+
+    def _until_slot(self, slot: float, budget_now: float) -> float:
+        """Seconds from now until `slot` (on the budget's clock), on this host's clock.
+
+        The offset between the two clocks is estimated as the smallest `local - budget_now`
+        seen so far: it includes the least delay of a reservation's answer, never a delayed
+        one. Sleeping "`slot - budget_now` from when the answer arrived" instead would make
+        every call late by its own answer's delay, and a late call followed by a prompt one
+        would reach a no-burst provider too early."""
+        local = time.time()
+        self._clock_offset = min(self._clock_offset, local - budget_now)
+        return max(0.0, slot + self._clock_offset - local)
 
     async def _release_shared(self) -> None:
         lease = self._leases.pop(asyncio.current_task(), None)

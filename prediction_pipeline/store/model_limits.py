@@ -34,8 +34,8 @@ import sqlalchemy as sa
 # Calls leave (1 + SPACING_FRACTION) / rps + SPACING_SECONDS apart. Measured against a no-burst
 # stand-in at the provider's exact limit (prediction_pipeline_tests/test_shared_limits.py,
 # benchmarks/on_demand_latency.py): the fixed part absorbs the jitter of a loaded host.
-SPACING_FRACTION = 0.02
-SPACING_SECONDS = 0.015
+SPACING_FRACTION = 0.04
+SPACING_SECONDS = 0.004
 
 
 def _now_sql(dialect: str) -> str:
@@ -56,8 +56,9 @@ def spacing(requests_per_second: float) -> float:
     return (1.0 + SPACING_FRACTION) / requests_per_second + SPACING_SECONDS
 
 
-def reserve_send_slot(conn: sa.Connection, model: str, interval: float) -> float:
-    """Reserve the next send slot of `model`; returns the seconds to wait for it (>= 0)."""
+def reserve_send_slot(conn: sa.Connection, model: str, interval: float) -> tuple[float, float]:
+    """Reserve the next send slot of `model`: (slot, now), both epoch seconds on the
+    database's clock; the caller sends at `slot` (now when the model is idle)."""
     dialect = conn.dialect.name
     now = _now_sql(dialect)
     row = conn.execute(
@@ -69,7 +70,7 @@ def reserve_send_slot(conn: sa.Connection, model: str, interval: float) -> float
         ),
         {"model": model, "i": interval},
     ).one()
-    return max(0.0, row.next_slot - interval - row.now)
+    return row.next_slot - interval, row.now
 
 
 def push_back(conn: sa.Connection, model: str, seconds: float) -> None:
@@ -87,10 +88,11 @@ def push_back(conn: sa.Connection, model: str, seconds: float) -> None:
 
 
 def take_lease(
-    conn: sa.Connection, model: str, max_in_flight: int, holder: str, lease_seconds: float
-) -> int | None:
-    """Take a free in-flight slot of `model` (one never taken, released, or whose lease
-    expired) for `holder`; returns its number, or None when all `max_in_flight` are held."""
+    conn: sa.Connection, model: str, slot: int, holder: str, lease_seconds: float
+) -> bool:
+    """Take in-flight slot `slot` of `model` for `holder` if it is free (never taken,
+    released, or its lease expired). One slot per transaction: trying several in one
+    transaction would lock rows in different orders in different processes (deadlocks)."""
     now = _now_sql(conn.dialect.name)
     statement = sa.text(
         "INSERT INTO model_call_leases (model_slug, slot, holder, expires_at) "
@@ -99,13 +101,8 @@ def take_lease(
         f"expires_at = excluded.expires_at WHERE model_call_leases.expires_at < {now} "
         "RETURNING slot"
     )
-    first = random.randrange(max_in_flight)  # spread the takers over the slots
-    for offset in range(max_in_flight):
-        slot = (first + offset) % max_in_flight
-        params = {"model": model, "slot": slot, "holder": holder, "ttl": lease_seconds}
-        if conn.execute(statement, params).first() is not None:
-            return slot
-    return None
+    params = {"model": model, "slot": slot, "holder": holder, "ttl": lease_seconds}
+    return conn.execute(statement, params).first() is not None
 
 
 def release_lease(conn: sa.Connection, model: str, slot: int, holder: str) -> None:
@@ -159,14 +156,20 @@ class SharedModelBudget:
         return uuid.uuid4().hex
 
     def take_lease(self, holder: str) -> int | None:
-        with self.engine.begin() as conn:
-            return take_lease(conn, self.model, self.max_in_flight, holder, self.lease_seconds)
+        """A free in-flight slot of the model for `holder`, or None when all are held."""
+        first = random.randrange(self.max_in_flight)  # spread the takers over the slots
+        for offset in range(self.max_in_flight):
+            slot = (first + offset) % self.max_in_flight
+            with self.engine.begin() as conn:
+                if take_lease(conn, self.model, slot, holder, self.lease_seconds):
+                    return slot
+        return None
 
     def release_lease(self, slot: int, holder: str) -> None:
         with self.engine.begin() as conn:
             release_lease(conn, self.model, slot, holder)
 
-    def reserve(self) -> float:
+    def reserve(self) -> tuple[float, float]:
         with self.engine.begin() as conn:
             return reserve_send_slot(conn, self.model, self.interval)
 
