@@ -149,7 +149,9 @@ def test_requests_run_beside_the_batch_within_one_budget(tmp_path):
     for request_id, info in finished.items():
         assert info["status"] == queue.SUCCEEDED, info
         [record] = instance.get_run_records(dg.RunsFilter(tags={REQUEST_TAG: request_id}))
-        assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS, failure_report(
+            instance, [record]
+        )
         assert "dagster/partition/model" not in record.dagster_run.tags
     # Every request was done while the batch run of its model was still running.
     assert batch_running_after_requests, (batch_done_before, finished)

@@ -34,9 +34,9 @@ nothing is in flight.
 
 Across processes (`shared=`): the daily batch, requests and sessions of one model run in
 different processes, and the provider's limits hold for all of them together. With a
-`SharedBudget` (store/model_limits.py: rows in the app database) step 2 also takes one of the
-model's `max_in_flight` leases (polling while all are held) and step 3 reserves the model's
-next send slot instead of a local token, then sleeps until it; `pause()` also pushes the
+`SharedBudget` (store/model_limits.py: rows in the app database) step 3 reserves the model's
+next send slot instead of a local token and sleeps until it, then takes one of the model's
+`max_in_flight` leases (polling while all are held); `pause()` also pushes the
 shared slot past the cooldown, so every process backs off. The database calls run in a
 thread (`asyncio.to_thread`), never on the event loop.
 """
@@ -188,25 +188,38 @@ class ModelLimiter:
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
 
     async def _acquire_shared(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Take one of the model's leases (all processes), then its next send slot."""
+        """Reserve the model's next send slot (all processes), sleep until it, then take one
+        of the model's in-flight leases.
+
+        Slot first: reservations are served in order, so a request's one call waits at most
+        for the calls already reserved (one per in-flight slot of each other process), never
+        for a whole batch. Taking a lease first would let a batch, whose workers re-take a
+        lease the moment they give one back, starve a request polling for one."""
         shared = self.shared
+        await self._wait_for_slot(loop)
         holder = shared.new_holder()
-        poll = LEASE_POLL_FIRST
-        while (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
-            await asyncio.sleep(poll * random.uniform(0.5, 1.5))
-            poll = min(LEASE_POLL_MAX, poll * 2)
-        try:
-            while True:
-                await self._wait_cooldown(loop)
-                send_at, budget_now = await asyncio.to_thread(shared.reserve)
-                await asyncio.sleep(self._until_slot(send_at, budget_now))
-                if self._resume_at <= loop.time():
-                    break
-                # A pause began while we slept: that slot is too early now, take another.
-        except BaseException:
-            await asyncio.shield(asyncio.to_thread(shared.release_lease, lease, holder))
-            raise
+        if (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
+            poll = LEASE_POLL_FIRST
+            while (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
+                await asyncio.sleep(poll * random.uniform(0.5, 1.5))
+                poll = min(LEASE_POLL_MAX, poll * 2)
+            # The slot passed while all leases were held. Sent now, the call could reach the
+            # provider just before the next slot's call (an early arrival): take a new slot.
+            try:
+                await self._wait_for_slot(loop)
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(shared.release_lease, lease, holder))
+                raise
         self._leases[asyncio.current_task()] = (lease, holder)
+
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            await self._wait_cooldown(loop)
+            send_at, budget_now = await asyncio.to_thread(self.shared.reserve)
+            await asyncio.sleep(self._until_slot(send_at, budget_now))
+            if self._resume_at <= loop.time():
+                return
+            # A pause began while we slept: that slot is too early now, take another.
 
     def _until_slot(self, slot: float, budget_now: float) -> float:
         """Seconds from now until `slot` (on the budget's clock), on this host's clock.
