@@ -63,10 +63,12 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +84,15 @@ from prediction_pipeline.defs.on_demand.sensors import REQUEST_TAG
 from prediction_pipeline.resources import AppDatabase, Forecasters, MarketSourceResource
 from prediction_pipeline.services import on_demand
 from prediction_pipeline.store import migrate
+from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import on_demand as queue
 from prediction_pipeline.store.db import make_engine
+from prediction_pipeline.store.tables import predictions
 from prediction_pipeline_tests.daemon_harness import (
     PG_ADMIN_URL,
+    REPO,
     Services,
+    cli,
     daemon_command,
     failure_report,
     instance_config,
@@ -100,6 +106,7 @@ from prediction_pipeline_tests.daemon_harness import (
     wait_until,
     write_instance_yaml,
 )
+from prediction_pipeline_tests.fakes.openrouter_server import FakeOpenRouterServer
 
 IN_PROGRESS = (
     dg.DagsterRunStatus.QUEUED,
@@ -129,6 +136,14 @@ class Settings:
     warmup: int = 1
     seed: int = 7
     synthetic_size: int = 60
+    # An OpenRouter model on the stand-in provider instead of the built-in models: its latency
+    # (s); the provider enforces the model's limits strictly (no burst, in-flight cap).
+    provider_latency: float | None = None
+    rps: float = 2.0
+    max_in_flight: int = 4
+    # The daily batch of the same model running (through the run queue) while requests come.
+    batch: bool = False
+    batch_markets: int = 300
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -207,6 +222,11 @@ def request(engine: sa.Engine, market_id: int, model: str) -> str:
     return on_demand.request_prediction(engine, market_id, model, user_email=BENCH_USER)
 
 
+def batch_predictions(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(sa.func.count()).where(predictions.c.origin == "batch"))
+
+
 def request_row(engine: sa.Engine, request_id: str) -> sa.Row:
     with engine.connect() as conn:
         return queue.get_request(conn, request_id)
@@ -221,11 +241,10 @@ def finished(engine: sa.Engine, request_id: str) -> sa.Row | None:
 
 
 def fire_and_forget(
-    engine: sa.Engine, market_ids: list[int], settings: Settings
+    engine: sa.Engine, market_ids: list[int], settings: Settings, forecasters: Forecasters
 ) -> list[dict[str, float]]:
     """Insert each row, then call `fulfil_request` in a thread at once, as the old design
     fired work off right after the HTTP response; no daemon runs meanwhile."""
-    forecasters = Forecasters()
     measured = []
     for index in range(settings.requests):
         model = settings.models[index % len(settings.models)]
@@ -251,6 +270,30 @@ def fire_and_forget(
 # -- one engine -----------------------------------------------------------------------------
 
 
+PROVIDER_KEY = "sk-bench-on-demand"
+PROVIDER_MODEL = "acme/bench-1"
+
+
+def launch_batch(env: dict[str, str], model: str, markets: int) -> str:
+    """Submit today's predictions run of `model` to the run queue with the tags its schedule
+    gives it (so the per-model run limit applies to it); returns its run id."""
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    tags = {
+        "dagster/partition": f"{day}|{model}",
+        "dagster/partition/day": day,
+        "dagster/partition/model": model,
+    }
+    run_id = str(uuid.uuid4())
+    command = cli("dagster", "dagster") + [
+        "job", "launch", "-w", "workspace.yaml", "-j", "predictions_job",
+        "--tags", json.dumps(tags), "--run-id", run_id, "--config-json",
+        json.dumps({"ops": {"predictions": {"config": {"top_markets_count": markets}}}}),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return run_id
+
+
 def run_engine(name: str, settings: Settings, rng: random.Random) -> dict[str, Any]:
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -269,18 +312,50 @@ def run_engine(name: str, settings: Settings, rng: random.Random) -> dict[str, A
         stack.callback(engine.dispose)
         migrate.upgrade(engine)
         instance = stack.enter_context(open_instance(home))
-        ingest_markets(app_url, instance, days=3, size=settings.synthetic_size)
+        # Enough markets in the end-date window for the batch (about 4 in 10 fall in it).
+        size = max(settings.synthetic_size, 3 * settings.batch_markets if settings.batch else 0)
+        ingest_markets(app_url, instance, days=3, size=size)
         with engine.connect() as conn:
             market_ids = list(
                 conn.scalars(sa.text("SELECT id FROM markets WHERE status = 'open' ORDER BY id"))
             )
+        variables = {}
+        server = None
+        forecasters = Forecasters()
+        if settings.provider_latency is not None:
+            server = stack.enter_context(
+                FakeOpenRouterServer(
+                    api_key=PROVIDER_KEY,
+                    rate_limit=settings.rps,
+                    burst=1,
+                    max_in_flight=settings.max_in_flight,
+                    latency_mean=settings.provider_latency,
+                    latency_sigma=0.2,
+                )
+            )
+            with engine.begin() as conn:
+                model_store.upsert_model(
+                    conn,
+                    model_store.ModelSpec(
+                        PROVIDER_MODEL,
+                        model_store.OPENROUTER_PROVIDER,
+                        requests_per_second=settings.rps,
+                        max_in_flight=settings.max_in_flight,
+                    ),
+                )
+            instance.add_dynamic_partitions("models", [PROVIDER_MODEL])
+            variables = {"OPENROUTER_API_KEY": PROVIDER_KEY, "OPENROUTER_BASE_URL": server.base_url}
+            forecasters = Forecasters(
+                openrouter_api_key=PROVIDER_KEY, openrouter_base_url=server.base_url
+            )
 
-        baseline = fire_and_forget(engine, market_ids, settings)
+        baseline = fire_and_forget(engine, market_ids, settings, forecasters)
 
         env = service_env(
             home,
             PREDICTION_PIPELINE_DATABASE_URL=app_url,
             PREDICTION_PIPELINE_DATA_DIR=str(tmp / "data"),
+            **variables,
         )
         services = Services(stack, env, tmp)
         services.start("daemon", daemon_command())
@@ -307,6 +382,17 @@ def run_engine(name: str, settings: Settings, rng: random.Random) -> dict[str, A
                 services=services,
                 what="the warm-up runs to end",
             )
+            batch_id = None
+            if settings.batch:
+                batch_id = launch_batch(env, settings.models[0], settings.batch_markets)
+                wait_until(
+                    lambda: batch_predictions(engine) > 0,
+                    timeout=REQUEST_TIMEOUT,
+                    services=services,
+                    what="the batch's first prediction",
+                )
+            if server is not None:
+                server.reset()
             window_start = time.time()
             request_ids = []
             for index in range(settings.requests):
@@ -324,6 +410,38 @@ def run_engine(name: str, settings: Settings, rng: random.Random) -> dict[str, A
                 )
             rows = [measure(instance, engine, request_id, services) for request_id in request_ids]
             ticks = sensor_ticks(instance, SENSOR, after=window_start)
+            batch_info = None
+            if batch_id is not None:
+                batch_running = not instance.get_run_by_id(batch_id).is_finished
+                record = wait_until(
+                    lambda: (
+                        (r := instance.get_run_records(dg.RunsFilter(run_ids=[batch_id])))
+                        and r[0].dagster_run.is_finished
+                        and r[0]
+                    ),
+                    timeout=1800,
+                    services=services,
+                    what="the batch to end",
+                )
+                batch_info = {
+                    "status": record.dagster_run.status.value,
+                    "running_when_requests_were_done": batch_running,
+                    "predictions": batch_predictions(engine),
+                    "requests_done_before_batch_end": sum(
+                        r["at"]["succeeded"] <= record.end_time for r in rows
+                    ),
+                }
+            provider = None
+            if server is not None:
+                outcomes = dict(server.counts)
+                calls = sum(outcomes.values())
+                rejected = outcomes.get("429_rate", 0) + outcomes.get("429_in_flight", 0)
+                provider = {
+                    "calls_while_measured": calls,
+                    "outcomes": outcomes,
+                    "share_429": rejected / calls if calls else 0.0,
+                    "max_in_flight_seen": server.max_in_flight_seen,
+                }
         except BaseException:
             services.print_logs()
             raise
@@ -356,6 +474,8 @@ def run_engine(name: str, settings: Settings, rng: random.Random) -> dict[str, A
             )
         },
         "enqueued_while_same_model_ran": same_model_busy(rows),
+        "batch": batch_info,
+        "provider": provider,
         "overlapping_runs": summary(overlapping_runs(rows)),
         "baseline_fire_and_forget": {
             "to_started": summary([b["to_started"] for b in baseline]),
@@ -505,6 +625,11 @@ def print_report(result: dict[str, Any]) -> None:
             f"{engine['overlapping_runs']['max']}; daemon ready after "
             f"{engine['daemon_ready_s']:.1f} s; engine wall {engine['wall_s']:.0f} s"
         )
+    for engine in result["engines"]:
+        if engine.get("batch"):
+            print(f"{engine['engine']}: batch of the same model meanwhile: {engine['batch']}")
+        if engine.get("provider"):
+            print(f"{engine['engine']}: stand-in provider while measured: {engine['provider']}")
     print(
         "floor: the wait for the sensor's tick, U(0, T), plus the wait for the queue's pass, "
         f"U(0, D), with T = {result['sensor_interval_seconds']} s the sensor's "
@@ -580,6 +705,18 @@ def parse_args(argv: list[str]) -> tuple[Settings, Path]:
     parser.add_argument("--models", default=",".join(d.models), help="built-in models, in turn")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="uncounted first requests")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument(
+        "--provider-latency",
+        type=float,
+        default=None,
+        help="use an OpenRouter model on the strict stand-in provider with this latency (s)",
+    )
+    parser.add_argument("--batch-markets", type=int, default=d.batch_markets)
+    parser.add_argument("--rps", type=float, default=d.rps, help="that model's requests/s")
+    parser.add_argument("--max-in-flight", type=int, default=d.max_in_flight)
+    parser.add_argument(
+        "--batch", action="store_true", help="run that model's daily batch meanwhile"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results path")
     args = parser.parse_args(argv)
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
@@ -588,7 +725,16 @@ def parse_args(argv: list[str]) -> tuple[Settings, Path]:
     if args.requests < 1 or args.spacing < 0 or args.warmup < 0:
         parser.error("--requests >= 1, --spacing >= 0, --warmup >= 0")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if args.provider_latency is not None:
+        models = (PROVIDER_MODEL,)
+    elif args.batch:
+        parser.error("--batch needs --provider-latency (a batch of a built-in model is instant)")
     settings = Settings(
+        provider_latency=args.provider_latency,
+        rps=args.rps,
+        max_in_flight=args.max_in_flight,
+        batch=args.batch,
+        batch_markets=args.batch_markets,
         engines=engines,
         requests=args.requests,
         spacing=args.spacing,

@@ -250,7 +250,8 @@ def run_new(
     forecasters = Forecasters(openrouter_api_key=API_KEY, openrouter_base_url=server.base_url)
 
     def once() -> tuple[Any, Any, list[float], dict[str, int], float]:
-        forecaster = forecasters.build(spec)
+        # As the asset builds it: the model's budget shared through the app database.
+        forecaster = forecasters.build(spec, limits_engine=engine)
         # The asset passes the registry's max_in_flight: C workers for C limiter slots.
         workers = settings.workers or spec.max_in_flight
         task = PredictionTask(model=spec.slug, day=DAY, contexts=contexts, max_in_flight=workers)

@@ -58,6 +58,7 @@ from prediction_pipeline.core.digests import (
 from prediction_pipeline.services.forecasters import BuiltinForecaster, Forecaster
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store.db import data_dir, default_database_url, make_engine, safe_url
+from prediction_pipeline.store.model_limits import SharedModelBudget
 from prediction_pipeline.store.models import BUILTIN_PROVIDER, ModelSpec
 
 
@@ -244,7 +245,15 @@ class Forecasters(EnvironmentOnlyResource):
     retry_max_wait_seconds: float = Field(default=60.0, ge=0, description="Cap on one wait.")
     max_answer_attempts: int = Field(default=2, ge=1, description="Re-asks on invalid answers.")
 
-    def build(self, spec: ModelSpec, *, show_market_price: bool = False) -> Forecaster:
+    def build(
+        self,
+        spec: ModelSpec,
+        *,
+        show_market_price: bool = False,
+        limits_engine: sa.Engine | None = None,
+    ) -> Forecaster:
+        """`limits_engine` (the app database): the model's limits are shared with every other
+        run and process calling it (store.model_limits); without it they hold in-process."""
         if spec.provider == BUILTIN_PROVIDER:
             return BuiltinForecaster(spec.slug)
         if not self.openrouter_api_key:
@@ -252,7 +261,19 @@ class Forecasters(EnvironmentOnlyResource):
                 f"model {spec.slug} runs on OpenRouter and OPENROUTER_API_KEY is not set",
                 allow_retries=False,
             )
-        limiter = ModelLimiter(spec.requests_per_second, spec.max_in_flight, name=spec.slug)
+        shared = None
+        if limits_engine is not None:
+            # A lease outlives the longest HTTP attempt (the timeout) before it may lapse.
+            shared = SharedModelBudget(
+                limits_engine,
+                spec.slug,
+                spec.requests_per_second,
+                spec.max_in_flight,
+                lease_seconds=self.timeout_seconds + 30,
+            )
+        limiter = ModelLimiter(
+            spec.requests_per_second, spec.max_in_flight, name=spec.slug, shared=shared
+        )
         client = OpenRouterClient(
             self.openrouter_api_key,
             base_url=self.openrouter_base_url,

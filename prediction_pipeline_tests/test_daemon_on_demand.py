@@ -21,7 +21,7 @@ run launcher starts a run worker process for each.
    resource's default retries: `Forecasters.max_http_attempts` calls, exponential backoff with
    full jitter from 1 s, at most ~31 s of waiting) ends `partial` in one run: two predictions
    linked to the session, one refund, one notification `.eml` in
-   `$PREDICTION_PIPELINE_DATA_DIR/outbox`.
+   `$PREDICTION_PIPELINE_DATA_DIR/outbox`; the run itself fails in its last step, `verdict`.
 
 Everything waits on states (rows, runs, ticks) with generous deadlines; nothing asserts on
 durations. About 75-100 s in all, most of it the sensor's ticks and the failing model's backoff.
@@ -196,7 +196,9 @@ def test_a_request_row_becomes_one_run_and_one_prediction(world, logs_on_failure
     assert info["status"] == queue.SUCCEEDED and info["error"] is None, info
     assert run.job_name == prediction_request_job.name
     assert run.tags["dagster/run_key"] == f"request:{request_id}:0"
-    assert run.tags["dagster/partition/model"] == "baseline/momentum"  # per-model run limit
+    # Not under the per-model run limit (it would wait for a running batch of its model).
+    assert "dagster/partition/model" not in run.tags
+    assert run.tags["prediction_pipeline/model"] == "baseline/momentum"
     assert info["run_id"] == run.run_id
 
     # Exactly one prediction, linked to the request and to the row's status.
@@ -241,7 +243,14 @@ def test_a_session_with_a_failing_model_ends_partial_with_one_refund(world, logs
     )
     record = finished_run(world, {SESSION_TAG: session_id})
     run = record.dagster_run
-    assert run.status == dg.DagsterRunStatus.SUCCESS, failure_report(world.instance, [record])
+    # A failed model fails the run (red in the UI, seen by run_failure_alerts), in its last
+    # step, after the session settled, refunded and notified.
+    assert run.status == dg.DagsterRunStatus.FAILURE, failure_report(world.instance, [record])
+    failed_steps = [
+        e.step_key
+        for e in world.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    ]
+    assert failed_steps == ["verdict"], failure_report(world.instance, [record])
     assert run.job_name == prediction_session_job.name
     assert run.tags["dagster/run_key"] == f"session:{session_id}:0"
     assert info["run_id"] == run.run_id

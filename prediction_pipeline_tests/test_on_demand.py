@@ -13,8 +13,10 @@ from prediction_pipeline.defs.on_demand.sensors import (
     prediction_requests_sensor,
     prediction_sessions_sensor,
     recover,
+    run_failure_alerts,
 )
 from prediction_pipeline.resources import (
+    AlertSettings,
     AppDatabase,
     DigestSettings,
     EmailTransportResource,
@@ -102,7 +104,10 @@ def test_a_request_becomes_one_run_and_one_prediction(world, engine):
     assert on_demand.status(engine, request_id)["balance"] == 1  # debited at creation
     [run_request] = tick(prediction_requests_sensor, world)
     assert run_request.run_key == f"request:{request_id}:0"
-    assert run_request.tags["dagster/partition/model"] == "baseline/momentum"  # per-model limit
+    # Not under the per-model run limit (it would queue behind the model's daily batch); the
+    # shared per-model call budget (store.model_limits) keeps the provider's limits instead.
+    assert "dagster/partition/model" not in run_request.tags
+    assert run_request.tags["prediction_pipeline/model"] == "baseline/momentum"
     assert launch(prediction_request_job, run_request, world).success
 
     info = on_demand.status(engine, request_id)
@@ -124,7 +129,13 @@ def test_session_with_a_failing_model_ends_partial_with_one_refund(world, engine
     assert on_demand.status(engine, session_id)["balance"] == 2  # debited at creation
     [run_request] = tick(prediction_sessions_sensor, world)
     result = launch(prediction_session_job, run_request, world)
-    assert result.success
+    # The run fails (red in the UI, seen by run_failure_alerts) in its last step, after the
+    # session settled, refunded and notified.
+    assert not result.success
+    [failed] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failed.step_key == "verdict"
+    assert ONLINE in failed.step_failure_data.error.message, failed.step_failure_data.error
+    assert "503" in failed.step_failure_data.error.message
 
     info = on_demand.status(engine, session_id)
     assert info["status"] == "partial" and info["step"] == "done"
@@ -141,9 +152,52 @@ def test_session_with_a_failing_model_ends_partial_with_one_refund(world, engine
     assert "partial" in mail.read_text() and "refunded" in mail.read_text()
 
     # A second run of the same session changes nothing: no new refund, no new mail.
-    assert launch(prediction_session_job, run_request, world).success
+    assert not launch(prediction_session_job, run_request, world).success
     assert count(engine, credit_ledger, credit_ledger.c.reason == "refund") == 1
     assert len(list(world["outbox"].glob("*.eml"))) == 1
+
+
+def test_a_failed_request_fails_its_run_and_raises_one_alert(world, engine, database_url):
+    """No API key: the prediction fails; the row records why and is refunded, the run fails
+    (not retried) and run_failure_alerts records it."""
+    on_demand.grant(engine, USER, 1)
+    request_id = on_demand.request_prediction(engine, world["market"].id, ONLINE, user_email=USER)
+    [run_request] = tick(prediction_requests_sensor, world)
+    resources = {**world["resources"], "forecasters": Forecasters(openrouter_api_key=None)}
+    result = prediction_request_job.execute_in_process(
+        run_config=run_request.run_config,
+        tags={**run_request.tags, "dagster/run_key": run_request.run_key},
+        instance=world["instance"],
+        resources=resources,
+        raise_on_error=False,
+    )
+    assert not result.success
+    step_failures = [
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+    ]
+    assert len(step_failures) == 1  # no op retry: the row is final
+    assert "OPENROUTER_API_KEY is not set" in step_failures[0].step_failure_data.error.message
+
+    info = on_demand.status(engine, request_id)
+    assert info["status"] == "failed" and "OPENROUTER_API_KEY is not set" in info["error"]
+    assert info["credits_refunded"] == 1 and info["balance"] == 1
+    assert info["run_id"] == result.run_id
+
+    run = world["instance"].get_run_by_id(result.run_id)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="run_failure_alerts",
+        dagster_instance=world["instance"],
+        dagster_run=run,
+        dagster_event=failure,
+        resources={"app_db": AppDatabase(url=database_url), "alert_settings": AlertSettings()},
+    ).for_run_failure()
+    run_failure_alerts(context)
+    with engine.connect() as conn:
+        [alert] = queue.alerts(conn)
+    assert alert.run_id == result.run_id and alert.job_name == prediction_request_job.name
+    assert request_id in alert.error and "OPENROUTER_API_KEY is not set" in alert.error
 
 
 def test_not_enough_credits_queues_nothing(world, engine):

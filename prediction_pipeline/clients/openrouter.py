@@ -41,6 +41,8 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio._backends._asyncio  # noqa: F401  (see below)
+import httpcore._async.http11  # noqa: F401
 import httpx
 
 from prediction_pipeline.clients.http_retry import (
@@ -62,6 +64,11 @@ from prediction_pipeline.core.forecast import (
     parse_forecast,
 )
 from prediction_pipeline.core.prompts import build_messages
+
+# httpx imports its transport (httpcore, h11, anyio's asyncio backend) on a process's first
+# request. Imported here instead, so that the first call leaves at its rate-limit slot rather
+# than tens of milliseconds late: a late call makes the next one, sent on time, reach a
+# provider that allows no burst too early (a 429).
 
 logger = logging.getLogger(__name__)
 

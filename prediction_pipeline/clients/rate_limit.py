@@ -1,4 +1,5 @@
-"""Per-model call limits inside one run: a steady rate, an in-flight cap, a shared cooldown.
+"""Per-model call limits: a steady rate, an in-flight cap, a shared cooldown; inside one
+process, and optionally across every run and process through a `SharedBudget`.
 
 `ModelLimiter` is used around each HTTP *attempt* (not around a whole retry loop, so a call
 sleeping between retries holds no slot)::
@@ -30,15 +31,44 @@ All times are the running event loop's clock (`loop.time()`, as aiolimiter uses)
 limiter can be tested on a virtual-time loop. The asyncio primitives are bound to one event
 loop; the limiter rebuilds them when used from a new loop (e.g. one `asyncio.run` per run) and
 nothing is in flight.
+
+Across processes (`shared=`): the daily batch, requests and sessions of one model run in
+different processes, and the provider's limits hold for all of them together. With a
+`SharedBudget` (store/model_limits.py: rows in the app database) step 3 reserves the model's
+next send slot instead of a local token and sleeps until it, then takes one of the model's
+`max_in_flight` leases (polling while all are held); `pause()` also pushes the
+shared slot past the cooldown, so every process backs off. The database calls run in a
+thread (`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
+import time
 from types import TracebackType
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
+
+# Polling for an in-flight lease held by another process: start fast, back off a little.
+LEASE_POLL_FIRST = 0.02
+LEASE_POLL_MAX = 0.25
+
+
+class SharedBudget(Protocol):
+    """A model's rate and in-flight budget shared across processes (blocking calls)."""
+
+    def new_holder(self) -> str: ...
+
+    def take_lease(self, holder: str) -> int | None: ...
+
+    def release_lease(self, slot: int, holder: str) -> None: ...
+
+    def reserve(self) -> tuple[float, float]: ...  # (send slot, now) on the budget's clock
+
+    def push_back(self, seconds: float) -> None: ...
 
 
 class ModelLimiter:
@@ -51,6 +81,7 @@ class ModelLimiter:
         *,
         burst: float = 1.0,
         name: str = "",
+        shared: SharedBudget | None = None,
     ) -> None:
         if not (math.isfinite(requests_per_second) and requests_per_second > 0):
             raise ValueError("requests_per_second must be a positive number")
@@ -71,6 +102,10 @@ class ModelLimiter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._rate: AsyncLimiter | None = None
+        self.shared = shared
+        self._leases: dict[asyncio.Task, tuple[int, str]] = {}  # task -> shared lease
+        self._background: set[asyncio.Task] = set()
+        self._clock_offset = math.inf  # local wall clock - the shared budget's clock
 
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
@@ -105,8 +140,12 @@ class ModelLimiter:
             raise ValueError("pause seconds must be a finite number >= 0")
         self._bind()
         self.pauses.append(float(seconds))
-        now = asyncio.get_running_loop().time()
-        self._resume_at = max(self._resume_at, now + seconds)
+        loop = asyncio.get_running_loop()
+        self._resume_at = max(self._resume_at, loop.time() + seconds)
+        if self.shared is not None:  # every other process backs off too
+            task = loop.create_task(asyncio.to_thread(self.shared.push_back, seconds))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # -- acquisition --------------------------------------------------------------------
 
@@ -132,18 +171,72 @@ class ModelLimiter:
         await self._wait_cooldown(loop)
         await semaphore.acquire()
         try:
-            while True:
-                await self._wait_cooldown(loop)
-                await rate.acquire()
-                if self._resume_at <= loop.time():
-                    break
-                # A pause began while we waited for the token: give it up, wait again.
+            if self.shared is not None:
+                await self._acquire_shared(loop)
+            else:
+                while True:
+                    await self._wait_cooldown(loop)
+                    await rate.acquire()
+                    if self._resume_at <= loop.time():
+                        break
+                    # A pause began while we waited for the token: give it up, wait again.
         except BaseException:
             semaphore.release()
             raise
         self.in_flight += 1
         self.acquired += 1
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+
+    async def _acquire_shared(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reserve the model's next send slot (all processes), sleep until it, then take one
+        of the model's in-flight leases.
+
+        Slot first: reservations are served in order, so a request's one call waits at most
+        for the calls already reserved (one per in-flight slot of each other process), never
+        for a whole batch. Taking a lease first would let a batch, whose workers re-take a
+        lease the moment they give one back, starve a request polling for one."""
+        shared = self.shared
+        await self._wait_for_slot(loop)
+        holder = shared.new_holder()
+        if (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
+            poll = LEASE_POLL_FIRST
+            while (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
+                await asyncio.sleep(poll * random.uniform(0.5, 1.5))
+                poll = min(LEASE_POLL_MAX, poll * 2)
+            # The slot passed while all leases were held. Sent now, the call could reach the
+            # provider just before the next slot's call (an early arrival): take a new slot.
+            try:
+                await self._wait_for_slot(loop)
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(shared.release_lease, lease, holder))
+                raise
+        self._leases[asyncio.current_task()] = (lease, holder)
+
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            await self._wait_cooldown(loop)
+            send_at, budget_now = await asyncio.to_thread(self.shared.reserve)
+            await asyncio.sleep(self._until_slot(send_at, budget_now))
+            if self._resume_at <= loop.time():
+                return
+            # A pause began while we slept: that slot is too early now, take another.
+
+    def _until_slot(self, slot: float, budget_now: float) -> float:
+        """Seconds from now until `slot` (on the budget's clock), on this host's clock.
+
+        The offset between the two clocks is estimated as the smallest `local - budget_now`
+        seen so far: it includes the least delay of a reservation's answer, never a delayed
+        one. Sleeping "`slot - budget_now` from when the answer arrived" instead would make
+        every call late by its own answer's delay, and a late call followed by a prompt one
+        would reach a no-burst provider too early."""
+        local = time.time()
+        self._clock_offset = min(self._clock_offset, local - budget_now)
+        return max(0.0, slot + self._clock_offset - local)
+
+    async def _release_shared(self) -> None:
+        lease = self._leases.pop(asyncio.current_task(), None)
+        if lease is not None:
+            await asyncio.shield(asyncio.to_thread(self.shared.release_lease, *lease))
 
     def release(self) -> None:
         if self._semaphore is None or self.in_flight <= 0:
@@ -161,4 +254,8 @@ class ModelLimiter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        try:
+            if self.shared is not None:
+                await self._release_shared()
+        finally:
+            self.release()

@@ -487,3 +487,21 @@ spend_calls = sa.Table(
     # The estimate of the next call: the dearest call of the model seen so far (MAX by index).
     sa.Index("ix_spend_calls_model_slug_web_search_cost", "model_slug", "web_search", "cost_nusd"),
 )
+
+# The per-model call budget shared by every run and process (store/model_limits.py).
+# Times are epoch seconds on the database's clock, so hosts with skewed clocks agree.
+model_rate_slots = sa.Table(
+    "model_rate_slots",
+    metadata,
+    sa.Column("model_slug", sa.String(200), primary_key=True),
+    sa.Column("next_slot", sa.Float, nullable=False),  # earliest send time of the next call
+)
+
+model_call_leases = sa.Table(
+    "model_call_leases",
+    metadata,
+    sa.Column("model_slug", sa.String(200), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True),  # 0 .. max_in_flight - 1
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # a crashed holder's lease lapses
+)

@@ -2,8 +2,18 @@
 
 A session runs as steps: research (optional web search) -> one step per selected model
 (mapped, in parallel) -> settle (status, refunds) -> notify (email through the digest
-transport). Every model step updates the session's progress as soon as it finishes.
+transport) -> verdict. Every model step updates the session's progress as soon as it finishes.
+
+Failure is visible: a request whose prediction failed, or a session with a failed model, ends
+in a failed run (red in the UI, seen by `run_failure_alerts` and its webhook) after the row has
+recorded the error and the refund. The session still settles and notifies first: the failing
+step is the last one, `verdict`, so a model's failure never skips the refund or the email.
+
+Forecasters are built with the app database as `limits_engine`: a request or session shares
+its model's rate and in-flight budget with the batch and every other run (store.model_limits).
 """
+
+from functools import partial
 
 import dagster as dg
 from pydantic import Field
@@ -42,16 +52,23 @@ def fulfil_request(
     app_db: AppDatabase,
     forecasters: Forecasters,
 ) -> None:
-    """Predict the requested market with the requested model, once."""
+    """Predict the requested market with the requested model, once; fail the run (without
+    retries: the row is final and refunded) when the prediction failed."""
+    engine = app_db.engine()
     outcome = on_demand.fulfil_request(
-        app_db.engine(),
-        forecasters.build,
+        engine,
+        partial(forecasters.build, limits_engine=engine),
         forecasters.fatal_errors(),
         config.request_id,
         context.run_id,
     )
     if outcome.error or outcome.probability is None:
-        context.log.warning(f"request {config.request_id} failed: {outcome.error}")
+        raise dg.Failure(
+            f"request {config.request_id} ({outcome.model}) failed: "
+            f"{outcome.error or 'no prediction'}",
+            metadata={"request_id": config.request_id, "model": outcome.model},
+            allow_retries=False,
+        )
     else:
         context.log.info(
             f"request {config.request_id}: {outcome.model} p={outcome.probability:.3f} "
@@ -74,8 +91,9 @@ def research(
     forecasters: Forecasters,
 ):
     """Start the session, research the question if asked, then fan out one step per model."""
+    engine = app_db.engine()
     models, notes = on_demand.research_session(
-        app_db.engine(), forecasters.build, config.session_id, context.run_id
+        engine, partial(forecasters.build, limits_engine=engine), config.session_id, context.run_id
     )
     context.log.info(
         f"session {config.session_id}: {len(models)} models to run"
@@ -95,15 +113,17 @@ def predict_model(
     app_db: AppDatabase,
     forecasters: Forecasters,
 ) -> str:
+    engine = app_db.engine()
     outcome = on_demand.predict_session_model(
-        app_db.engine(),
-        forecasters.build,
+        engine,
+        partial(forecasters.build, limits_engine=engine),
         forecasters.fatal_errors(),
         config.session_id,
         model,
         context.run_id,
     )
     if outcome.error:
+        # Recorded in the session's progress; `verdict` fails the run once it has settled.
         context.log.warning(f"session {config.session_id}: {model} failed: {outcome.error}")
     return model
 
@@ -188,10 +208,33 @@ def _session_email(session, recipient: str, market, digest_settings: DigestSetti
     )
 
 
+@dg.op(ins={"status": dg.In(str), "notified": dg.In(dg.Nothing)})
+def verdict(
+    context: dg.OpExecutionContext, config: SessionConfig, status: str, app_db: AppDatabase
+):
+    """Fail the run when a model of the session failed (after settle and notify)."""
+    with app_db.connect() as conn:
+        session = queue.get_session(conn, config.session_id)
+    failed = {
+        model: entry.get("error") or entry.get("status")
+        for model, entry in session.progress.items()
+        if entry.get("status") != queue.SUCCEEDED
+    }
+    if status != queue.COMPLETED or failed:
+        details = "; ".join(f"{model}: {error}" for model, error in failed.items())
+        raise dg.Failure(
+            f"session {config.session_id} ended {status}: {details or session.error}",
+            metadata={"session_id": config.session_id, "failed_models": sorted(failed)},
+            allow_retries=False,
+        )
+    context.log.info(f"session {config.session_id}: every model succeeded")
+
+
 @dg.job(
     description="Run one multi-model prediction session (launched by prediction_sessions_sensor).",
     executor_def=dg.multiprocess_executor,  # the model steps run side by side
 )
 def prediction_session_job():
     finished = research().map(predict_model).collect()
-    notify(settle(finished))
+    status = settle(finished)
+    verdict(status, notify(status))

@@ -47,7 +47,9 @@ def session_run_key(session_id: str, launches: int) -> str:
 )
 def prediction_requests_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase):
     """One run per queued request. The run key makes a row launch once however often this
-    ticks; the model tag puts the run under the per-model run limit of dagster.yaml."""
+    ticks. No `dagster/partition/model` tag: a request must not queue behind its model's
+    daily batch (the per-model run limit of dagster.yaml); its calls share the model's
+    provider budget with the batch through the app database instead (store.model_limits)."""
     with app_db.connect() as conn:
         rows = queue.queued_requests(conn, limit=100)
     if not rows:
@@ -58,7 +60,7 @@ def prediction_requests_sensor(context: dg.SensorEvaluationContext, app_db: AppD
             run_config={"ops": {"fulfil_request": {"config": {"request_id": row.id}}}},
             tags={
                 REQUEST_TAG: row.id,
-                "dagster/partition/model": row.model_slug,
+                "prediction_pipeline/model": row.model_slug,
                 "dagster/max_runtime": str(REQUEST_MAX_RUNTIME_SECONDS),
                 "dagster/priority": ON_DEMAND_PRIORITY,
             },
@@ -82,7 +84,7 @@ def prediction_sessions_sensor(context: dg.SensorEvaluationContext, app_db: AppD
     for row in rows:
         ops = {
             name: {"config": {"session_id": row.id}}
-            for name in ("research", "predict_model", "settle", "notify")
+            for name in ("research", "predict_model", "settle", "notify", "verdict")
         }
         requests.append(
             dg.RunRequest(

@@ -104,7 +104,9 @@ def predictions(
         contexts = market_contexts(conn, chosen, day)
 
     with _not_retried_when_invalid(f"registry entry of model {model!r}"):
-        forecaster = forecasters.build(spec, show_market_price=config.show_market_price)
+        forecaster = forecasters.build(
+            spec, show_market_price=config.show_market_price, limits_engine=engine
+        )
     task = PredictionTask(
         model=model,
         day=day,

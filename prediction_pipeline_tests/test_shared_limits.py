@@ -1,0 +1,127 @@
+"""One call budget per model shared across processes (store.model_limits), on SQLite and
+PostgreSQL: real processes, one strict stand-in provider."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+
+import pytest
+
+from prediction_pipeline.clients.http_retry import RetryPolicy
+from prediction_pipeline.clients.openrouter import OpenRouterClient, OpenRouterUnavailableError
+from prediction_pipeline.clients.rate_limit import ModelLimiter
+from prediction_pipeline.store import model_limits
+from prediction_pipeline.store.db import make_engine
+from prediction_pipeline_tests.fakes.openrouter_server import FakeOpenRouterServer
+
+MODEL = "acme/shared"
+RPS = 8.0
+MAX_IN_FLIGHT = 2
+PROCESSES = 3
+CALLS_EACH = 10
+
+
+def _calls(url: str, base_url: str, calls: int, queue) -> None:
+    """One process: `calls` chat completions of MODEL, each inside the shared limiter."""
+
+    async def main() -> list[int]:
+        engine = make_engine(url)
+        budget = model_limits.SharedModelBudget(engine, MODEL, RPS, MAX_IN_FLIGHT)
+        limiter = ModelLimiter(RPS, MAX_IN_FLIGHT, name=MODEL, shared=budget)
+        # The production client, without retries: each call is one HTTP attempt.
+        client = OpenRouterClient(
+            "sk-test", base_url=base_url, retry_policy=RetryPolicy(max_attempts=1), limiter=limiter
+        )
+        messages = [{"role": "user", "content": "Question: q?"}]
+
+        async def one() -> int:
+            try:
+                await client.complete(MODEL, messages, response_format=None)
+            except OpenRouterUnavailableError as exc:
+                return exc.status or 0
+            return 200
+
+        # More callers than the cap: the leases, not the callers, bound what is in flight.
+        statuses = await asyncio.gather(*(one() for _ in range(calls)))
+        await client.aclose()
+        engine.dispose()
+        return list(statuses)
+
+    queue.put(asyncio.run(main()))
+
+
+def test_processes_share_one_rate_and_in_flight_budget(database_url, engine):
+    """Three processes call one model at once. Each alone would send at the model's full rate;
+    together they stay within it: a provider allowing no burst (token bucket of 1 at exactly
+    `requests_per_second`) and at most `max_in_flight` concurrent calls rejects at most 2%
+    (here: at most one call in 30), and no call ever finds the in-flight cap full."""
+    ctx = multiprocessing.get_context("spawn")
+    with FakeOpenRouterServer(
+        rate_limit=RPS, burst=1, max_in_flight=MAX_IN_FLIGHT, latency_mean=0.15
+    ) as server:
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_calls, args=(database_url, server.base_url, CALLS_EACH, results))
+            for _ in range(PROCESSES)
+        ]
+        for proc in procs:
+            proc.start()
+        statuses = [status for _ in procs for status in results.get(timeout=120)]
+        for proc in procs:
+            proc.join(timeout=30)
+            assert proc.exitcode == 0
+        counts = dict(server.counts)
+    assert len(statuses) == PROCESSES * CALLS_EACH
+    assert counts.get("429_in_flight", 0) == 0, counts
+    assert counts.get("429_rate", 0) <= max(1, int(0.02 * len(statuses))), counts
+    assert statuses.count(200) == len(statuses) - counts.get("429_rate", 0)
+    assert server.max_in_flight_seen <= MAX_IN_FLIGHT
+    with engine.connect() as conn:  # every lease was given back
+        assert model_limits.leases_held(conn, MODEL) == 0
+
+
+def test_send_slots_are_spaced_across_connections(engine):
+    """Slots reserved back to back are one spacing apart, on the database's clock, and a push
+    back (a 429's cooldown) moves the next slot past it."""
+    interval = model_limits.spacing(RPS)
+    slots = []
+    for _ in range(5):
+        with engine.begin() as conn:
+            slot, now = model_limits.reserve_send_slot(conn, MODEL, interval)
+            slots.append(slot)
+            assert slot >= now
+    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+    assert all(gap == pytest.approx(interval, abs=1e-6) for gap in gaps), gaps
+    with engine.begin() as conn:
+        model_limits.push_back(conn, MODEL, 30.0)
+        slot, now = model_limits.reserve_send_slot(conn, MODEL, interval)
+        assert slot - now > 29.0
+
+
+def test_a_lease_of_a_dead_holder_lapses(engine):
+    """Leases are rows with an expiry: a holder that never gives one back (its process died)
+    blocks the slot only until the lease expires."""
+    dead = model_limits.SharedModelBudget(engine, MODEL, RPS, 2, lease_seconds=0.5)
+    alive = model_limits.SharedModelBudget(engine, MODEL, RPS, 2, lease_seconds=60)
+    assert {dead.take_lease("dead"), dead.take_lease("dead")} == {0, 1}
+    assert alive.take_lease("alive") is None
+    with engine.connect() as conn:
+        assert model_limits.leases_held(conn, MODEL) == 2
+    time.sleep(0.7)
+    slot = alive.take_lease("alive")
+    assert slot in (0, 1)
+    # The dead holder's late release does not free the slot the live one now holds.
+    dead.release_lease(slot, "dead")
+    with engine.connect() as conn:
+        assert model_limits.leases_held(conn, MODEL) == 1
+    alive.release_lease(slot, "alive")
+    with engine.connect() as conn:
+        assert model_limits.leases_held(conn, MODEL) == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
+def test_spacing_needs_a_positive_rate(bad):
+    with pytest.raises(ValueError):
+        ModelLimiter(bad, 1, shared=None)
