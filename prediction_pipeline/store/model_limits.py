@@ -26,6 +26,7 @@ burst rejects a call that arrives even a few milliseconds early, and two calls s
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 
@@ -52,7 +53,10 @@ def _greatest(dialect: str) -> str:
 
 
 def spacing(requests_per_second: float) -> float:
-    """Seconds between two sends of one model, safety margin included."""
+    """Seconds between two sends of one model, safety margin included. A registry row with
+    a rate that is not positive is a configuration error (ValueError, not retried)."""
+    if not (math.isfinite(requests_per_second) and requests_per_second > 0):
+        raise ValueError("requests_per_second must be a positive number")
     return (1.0 + SPACING_FRACTION) / requests_per_second + SPACING_SECONDS
 
 
