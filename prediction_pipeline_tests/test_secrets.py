@@ -29,6 +29,7 @@ from prediction_pipeline.core.digests import (
 from prediction_pipeline.defs.digests import definitions as digests
 from prediction_pipeline.defs.markets import definitions as markets
 from prediction_pipeline.defs.on_demand import definitions as on_demand
+from prediction_pipeline.defs.on_demand.sensors import SESSION_OPS
 from prediction_pipeline.defs.predictions import definitions as predictions
 from prediction_pipeline.resources import (
     AlertSettings,
@@ -161,8 +162,7 @@ def test_run_config_cannot_redirect_a_secret_or_an_endpoint(
         k: v.format(port=attacker.port) if isinstance(v, str) else v for k, v in override.items()
     }
     if job == "prediction_session_job":
-        names = ("research", "predict_model", "settle", "notify")
-        ops = {"ops": {name: {"config": {"session_id": "s-1"}} for name in names}}
+        ops = {"ops": {name: {"config": {"session_id": "s-1"}} for name in SESSION_OPS}}
     run_config = {**ops, "resources": {resource: {"config": config}}}
     with dg.instance_for_test() as instance:
         result = (

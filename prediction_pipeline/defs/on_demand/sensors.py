@@ -22,6 +22,8 @@ QUEUE_SENSOR_INTERVAL_SECONDS = 1
 ON_DEMAND_PRIORITY = "10"
 MAX_LAUNCHES = 3  # a request or session whose runs died this many times fails, refunded
 RECOVERY_GRACE_SECONDS = 120  # leave young rows to their sensor and run
+# Every op of prediction_session_job takes the session id as config.
+SESSION_OPS = ("research", "predict_model", "settle", "notify", "verdict")
 
 ALIVE = {
     dg.DagsterRunStatus.QUEUED,
@@ -82,10 +84,7 @@ def prediction_sessions_sensor(context: dg.SensorEvaluationContext, app_db: AppD
         return dg.SkipReason("no queued sessions")
     requests = []
     for row in rows:
-        ops = {
-            name: {"config": {"session_id": row.id}}
-            for name in ("research", "predict_model", "settle", "notify", "verdict")
-        }
+        ops = {name: {"config": {"session_id": row.id}} for name in SESSION_OPS}
         requests.append(
             dg.RunRequest(
                 run_key=session_run_key(row.id, row.launches),
