@@ -21,6 +21,7 @@ from prediction_pipeline.defs.predictions.assets import predictions
 from prediction_pipeline.defs.run_config import InvalidRunConfig, RunConfig
 from prediction_pipeline.partitions import model_day_partitions, parse_model_day_key
 from prediction_pipeline.resources import AppDatabase, Forecasters
+from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline_tests.pipeline_helpers import ingest_days, partition
@@ -388,3 +389,15 @@ def test_a_one_credit_session_says_credit(database_url):
         "bob@example.com",
     )  # fmt: skip
     assert out.exit_code == 1 and "costs 1 credit; the balance is 0" in out.output
+
+
+def test_db_upgrade_with_a_missing_dagster_home_still_upgrades(tmp_path):
+    """The app database is db upgrade's job; partitions are a bonus the sensor repairs."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    missing = str(tmp_path / "no-such-home")
+    out = CliRunner().invoke(
+        main, ["--database-url", url, "db", "upgrade"], env={"DAGSTER_HOME": missing}
+    )
+    assert out.exit_code == 0, out.output
+    assert f"at {migrate.head_revision()}" in out.output
+    assert "model partitions not added" in out.output and "no-such-home" in out.output

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from prediction_pipeline.cli.base import Context, dagster_instance_or_none, main
+from prediction_pipeline.cli.base import Context, UsageProblem, dagster_instance_or_none, main
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store
@@ -27,7 +27,7 @@ def db_upgrade(obj: Context, revision: str) -> None:
     """Create or migrate the app database schema; with DAGSTER_HOME set, also add the
     registry's enabled models to the `models` partitions."""
     engine = obj.unchecked_engine
-    instance = dagster_instance_or_none()  # checked before migrating: fail before any change
+    instance = _instance_for_partitions()
     migrate.upgrade(engine, revision)
     current = migrate.current_revision(engine)
     click.echo(f"app database {safe_url(obj.database_url)} at {current}")
@@ -35,6 +35,8 @@ def db_upgrade(obj: Context, revision: str) -> None:
         if instance is not None:
             instance.dispose()
         return  # an older schema may lack the registry's columns
+    if instance is None:
+        return
     with engine.connect() as conn:
         enabled = [m.slug for m in model_store.list_models(conn, enabled_only=True)]
     _sync_partitions(enabled, instance)
@@ -95,14 +97,27 @@ def models() -> None:
     """The model registry (the `model` partitions follow it)."""
 
 
+def _instance_for_partitions():
+    """The Dagster instance that gets the model partitions, or None with a one-line note:
+    the registry (the app database) is what matters, and model_registry_sensor adds missing
+    partitions once the daemon runs, so a missing DAGSTER_HOME is not an error here."""
+    try:
+        instance = dagster_instance_or_none()
+    except UsageProblem as problem:
+        click.echo(f"model partitions not added: {problem}; model_registry_sensor adds them")
+        return None
+    if instance is None:
+        click.echo("DAGSTER_HOME is unset: model_registry_sensor will add the model partitions")
+    return instance
+
+
 def _sync_partitions(slugs: list[str], instance=None) -> None:
     """Add the models' dynamic partitions now when a Dagster instance is configured (so
     `DAY|MODEL` keys work at once); the model_registry_sensor repairs any drift otherwise."""
     from prediction_pipeline.partitions import add_model_partitions, model_partitions
 
-    instance = instance or dagster_instance_or_none()
+    instance = instance or _instance_for_partitions()
     if instance is None:
-        click.echo("DAGSTER_HOME is unset: model_registry_sensor will add the model partitions")
         return
     with instance:
         for slug in add_model_partitions(instance, slugs):
