@@ -229,6 +229,24 @@ def _debit_row(conn: sa.Connection, *where) -> sa.Row | None:
 # -- requests ------------------------------------------------------------------------------
 
 
+def _first_with_key(
+    conn: sa.Connection, table: sa.Table, user_id: int, key: str | None, **params
+) -> str | None:
+    """The id of the user's earlier request or session under this idempotency key, or None.
+    The same key with other parameters is an IdempotencyConflict."""
+    if key is None:
+        return None
+    first = conn.execute(
+        sa.select(table).where(table.c.user_id == user_id, table.c.idempotency_key == key)
+    ).first()
+    if first is None:
+        return None
+    if any(getattr(first, name) != value for name, value in params.items()):
+        kind = "request" if table is prediction_requests else "session"
+        raise IdempotencyConflict(f"idempotency key {key!r} was already used for another {kind}")
+    return first.id
+
+
 def enqueue_request(
     conn: sa.Connection,
     market_id: int,
@@ -245,23 +263,12 @@ def enqueue_request(
         raise ValueError(f"model must be a model slug, got {model_slug!r:.80}")
     key = check_idempotency_key(idempotency_key)
     _lock_user(conn, user_id)
-    if key is not None:
-        first = conn.execute(
-            sa.select(prediction_requests).where(
-                prediction_requests.c.user_id == user_id,
-                prediction_requests.c.idempotency_key == key,
-            )
-        ).first()
-        if first is not None:
-            if (first.market_id, first.model_slug, first.web_search) != (
-                market_id,
-                model_slug,
-                web_search,
-            ):
-                raise IdempotencyConflict(
-                    f"idempotency key {key!r} was already used for another request"
-                )
-            return first.id
+    first = _first_with_key(
+        conn, prediction_requests, user_id, key, market_id=market_id, model_slug=model_slug,
+        web_search=web_search,
+    )  # fmt: skip
+    if first is not None:
+        return first
     _check_models(conn, [model_slug])
     request_id = str(uuid.uuid4())
     _debit(conn, user_id, credits, request_id=request_id)
@@ -379,23 +386,12 @@ def create_session(
     slugs = check_model_slugs(model_slugs)
     key = check_idempotency_key(idempotency_key)
     _lock_user(conn, user_id)
-    if key is not None:
-        first = conn.execute(
-            sa.select(prediction_sessions).where(
-                prediction_sessions.c.user_id == user_id,
-                prediction_sessions.c.idempotency_key == key,
-            )
-        ).first()
-        if first is not None:
-            if (first.market_id, list(first.models), first.web_search) != (
-                market_id,
-                slugs,
-                web_search,
-            ):
-                raise IdempotencyConflict(
-                    f"idempotency key {key!r} was already used for another session"
-                )
-            return first.id
+    first = _first_with_key(
+        conn, prediction_sessions, user_id, key, market_id=market_id, models=slugs,
+        web_search=web_search,
+    )  # fmt: skip
+    if first is not None:
+        return first
     _check_models(conn, slugs)
     session_id = str(uuid.uuid4())
     cost = credits_per_model * len(slugs)
