@@ -515,25 +515,41 @@ class FakeOpenRouterServer:
                     )
                     server.in_flight += 1
                     server.max_in_flight_seen = max(server.max_in_flight_seen, server.in_flight)
+                self._recorded = False
                 outcome = "crash"
                 try:
                     outcome = self._handle(body, auth_ok)
                 finally:
-                    with server._lock:
-                        server.in_flight -= 1
-                        server.outcomes.append(outcome)
-                        server.counts[outcome] += 1
+                    self._record(outcome)
+
+            def _record(self, outcome: str) -> None:
+                # Recorded before the response leaves: a client that has its answer must find
+                # the outcome already in the log (recording afterwards raced the test's read).
+                if self._recorded:
+                    return
+                self._recorded = True
+                with server._lock:
+                    server.in_flight -= 1
+                    server.outcomes.append(outcome)
+                    server.counts[outcome] += 1
 
             def _handle(self, body: Any, auth_ok: bool | None) -> str:
                 if self.path.split("?", 1)[0] != CHAT_COMPLETIONS_PATH:
-                    self._send(404, {"error": {"code": 404, "message": "Not Found"}}, {})
+                    self._send(
+                        404, {"error": {"code": 404, "message": "Not Found"}}, {}, "not_found"
+                    )
                     return "not_found"
                 if not isinstance(body, dict):
-                    self._send(400, {"error": {"code": 400, "message": "Invalid JSON body"}}, {})
+                    self._send(
+                        400,
+                        {"error": {"code": 400, "message": "Invalid JSON body"}},
+                        {},
+                        "invalid_json",
+                    )
                     return "invalid_json"
                 if auth_ok is False:
                     status, payload, headers = server._respond(Behaviour(Fault.UNAUTHORIZED), body)
-                    self._send(status, payload, headers)
+                    self._send(status, payload, headers, "unauthorized")
                     return "unauthorized"
                 # The provider's own limits come first, as on the real service.
                 with server._lock:
@@ -542,7 +558,9 @@ class FakeOpenRouterServer:
                     )
                     wait = 0.0 if over_in_flight else server._take_token()
                 if over_in_flight:
-                    self._send(*server._respond(Behaviour(Fault.RATE_LIMITED), body))
+                    self._send(
+                        *server._respond(Behaviour(Fault.RATE_LIMITED), body), "429_in_flight"
+                    )
                     return "429_in_flight"
                 if wait > 0:
                     # Rounded up to the millisecond: a Retry-After of "0" would invite a retry
@@ -550,7 +568,7 @@ class FakeOpenRouterServer:
                     retry_after = math.ceil(wait * 1000) / 1000
                     retry_after = retry_after if server.rate_limit_retry_after else None
                     behaviour = Behaviour(Fault.RATE_LIMITED, retry_after=retry_after)
-                    self._send(*server._respond(behaviour, body))
+                    self._send(*server._respond(behaviour, body), "429_rate")
                     return "429_rate"
                 behaviour = (
                     server._scripted(body.get("messages") or [])
@@ -566,7 +584,7 @@ class FakeOpenRouterServer:
                 if behaviour.fault is Fault.DROP:
                     self._drop()
                     return Fault.DROP.value
-                self._send(*server._respond(behaviour, body))
+                self._send(*server._respond(behaviour, body), behaviour.fault.value)
                 return behaviour.fault.value
 
             def _read_body(self) -> bytes:
@@ -581,12 +599,16 @@ class FakeOpenRouterServer:
                 except OSError:
                     pass
 
-            def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
+            def _send(
+                self, status: int, body: Any, headers: dict[str, str], outcome: str | None = None
+            ) -> None:
                 if isinstance(body, bytes | str):
                     payload = body.encode() if isinstance(body, str) else body
                     ctype = "text/plain; charset=utf-8"
                 else:
                     payload, ctype = json.dumps(body).encode(), "application/json"
+                if outcome is not None:
+                    self._record(outcome)
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
