@@ -263,13 +263,8 @@ class Forecasters(EnvironmentOnlyResource):
             )
         shared = None
         if limits_engine is not None:
-            # A lease outlives the longest HTTP attempt (the timeout) before it may lapse.
             shared = SharedModelBudget(
-                limits_engine,
-                spec.slug,
-                spec.requests_per_second,
-                spec.max_in_flight,
-                lease_seconds=self.timeout_seconds + 30,
+                limits_engine, spec.slug, spec.requests_per_second, spec.max_in_flight
             )
         limiter = ModelLimiter(
             spec.requests_per_second, spec.max_in_flight, name=spec.slug, shared=shared

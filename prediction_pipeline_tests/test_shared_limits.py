@@ -121,6 +121,37 @@ def test_a_lease_of_a_dead_holder_lapses(engine):
         assert model_limits.leases_held(conn, MODEL) == 0
 
 
+def test_a_call_longer_than_a_lease_keeps_its_slot(engine):
+    """A live call renews its lease: another process cannot take the slot while it runs,
+    however long it takes, and can the moment it ends."""
+    budget = model_limits.SharedModelBudget(engine, MODEL, 100, 1, lease_seconds=0.6)
+    limiter = ModelLimiter(100, 1, name=MODEL, shared=budget)
+    other = model_limits.SharedModelBudget(engine, MODEL, 100, 1, lease_seconds=0.6)
+    taken_during: list[int | None] = []
+
+    async def main() -> None:
+        async with limiter:  # a call lasting three leases
+            for _ in range(6):
+                await asyncio.sleep(0.3)
+                taken_during.append(await asyncio.to_thread(other.take_lease, "other"))
+
+    asyncio.run(main())
+    assert taken_during == [None] * 6
+    assert other.take_lease("other") == 0  # released at the end of the call
+
+
+def test_renewal_skips_a_lease_taken_over(engine):
+    """Renewing extends only leases the holder still holds."""
+    stalled = model_limits.SharedModelBudget(engine, MODEL, RPS, 1, lease_seconds=0.3)
+    assert stalled.take_lease("stalled") == 0
+    time.sleep(0.5)
+    other = model_limits.SharedModelBudget(engine, MODEL, RPS, 1, lease_seconds=60)
+    assert other.take_lease("other") == 0
+    assert stalled.renew_leases([(0, "stalled")]) == 0
+    assert other.renew_leases([(0, "other")]) == 1
+    assert stalled.take_lease("stalled") is None
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
 def test_spacing_needs_a_positive_rate(bad):
     with pytest.raises(ValueError):

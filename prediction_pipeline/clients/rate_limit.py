@@ -37,13 +37,16 @@ different processes, and the provider's limits hold for all of them together. Wi
 `SharedBudget` (store/model_limits.py: rows in the app database) step 3 reserves the model's
 next send slot instead of a local token and sleeps until it, then takes one of the model's
 `max_in_flight` leases (polling while all are held); `pause()` also pushes the
-shared slot past the cooldown, so every process backs off. The database calls run in a
-thread (`asyncio.to_thread`), never on the event loop.
+shared slot past the cooldown, so every process backs off. While it holds leases, the
+limiter renews them every `shared.renew_every` seconds: leases are short so that a killed
+process frees its slots soon, and renewal lets a live call last as long as it needs. The
+database calls run in a thread (`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -51,6 +54,8 @@ from types import TracebackType
 from typing import Protocol
 
 from aiolimiter import AsyncLimiter
+
+log = logging.getLogger(__name__)
 
 # Polling for an in-flight lease held by another process: start fast, back off a little.
 LEASE_POLL_FIRST = 0.02
@@ -60,11 +65,15 @@ LEASE_POLL_MAX = 0.25
 class SharedBudget(Protocol):
     """A model's rate and in-flight budget shared across processes (blocking calls)."""
 
+    renew_every: float  # seconds between two renewals of the leases held
+
     def new_holder(self) -> str: ...
 
     def take_lease(self, holder: str) -> int | None: ...
 
     def release_lease(self, slot: int, holder: str) -> None: ...
+
+    def renew_leases(self, leases: list[tuple[int, str]]) -> int: ...
 
     def reserve(self) -> tuple[float, float]: ...  # (send slot, now) on the budget's clock
 
@@ -105,6 +114,7 @@ class ModelLimiter:
         self.shared = shared
         self._leases: dict[asyncio.Task, tuple[int, str]] = {}  # task -> shared lease
         self._background: set[asyncio.Task] = set()
+        self._renewer: asyncio.Task | None = None
         self._clock_offset = math.inf  # local wall clock - the shared budget's clock
 
     def __repr__(self) -> str:
@@ -211,6 +221,30 @@ class ModelLimiter:
                 await asyncio.shield(asyncio.to_thread(shared.release_lease, lease, holder))
                 raise
         self._leases[asyncio.current_task()] = (lease, holder)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = loop.create_task(self._renew_while_held())
+
+    async def _renew_while_held(self) -> None:
+        """Keep this process's leases alive while it holds any (ends when none are left)."""
+        while self._leases:
+            await asyncio.sleep(self.shared.renew_every)
+            held = list(self._leases.values())
+            if not held:
+                break
+            try:
+                renewed = await asyncio.to_thread(self.shared.renew_leases, held)
+            except Exception as exc:  # a database blip: the next round tries again
+                log.warning("renewing %s's in-flight leases failed: %s", self.name, exc)
+                continue
+            # A call that ended meanwhile deleted its own lease: only the others count.
+            still_held = set(held) & set(self._leases.values())
+            if renewed < len(still_held):
+                log.warning(
+                    "%d of %s's in-flight leases had lapsed (the process stalled longer "
+                    "than a lease); their calls finish without one",
+                    len(still_held) - renewed,
+                    self.name,
+                )
 
     async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:

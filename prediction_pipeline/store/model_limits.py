@@ -12,8 +12,11 @@ once must stay within them together. Each process keeps its own `ModelLimiter`
   while sleeping. A 429 pushes `next_slot` past the cooldown, so every process backs off.
 - the in-flight cap: `model_call_leases` holds one row per call in flight, in one of
   `max_in_flight` numbered slots, taken by a conditional upsert (insert, or take over a lease
-  whose `expires_at` has passed) and deleted after the call. A process that dies holding a
-  lease loses it when the lease expires (the HTTP timeout plus a margin), never for good.
+  whose `expires_at` has passed) and deleted after the call. Leases are short
+  (`LEASE_SECONDS`) and renewed by their holder while the call lasts (`renew_leases`, every
+  `LEASE_SECONDS / 3`), so a call may take as long as its HTTP timeout allows, while a
+  process killed holding a lease (SIGKILL, OOM, a lost host) blocks its slot for at most
+  `LEASE_SECONDS`, never for good.
 
 Times are epoch seconds on the *database's* clock (`now` is read in the same statement), so
 hosts whose clocks disagree still space their calls correctly; only the sleep happens locally.
@@ -39,6 +42,10 @@ import sqlalchemy as sa
 # 4% + 4 ms gave 0 rate 429s in 307 calls with a batch and requests side by side.
 SPACING_FRACTION = 0.04
 SPACING_SECONDS = 0.004
+
+# An in-flight lease lasts this long unless its holder renews it (every third of it). A
+# killed process's leases free up within it: a restarted run waits that long at most.
+LEASE_SECONDS = 15.0
 
 
 def _now_sql(dialect: str) -> str:
@@ -122,6 +129,22 @@ def release_lease(conn: sa.Connection, model: str, slot: int, holder: str) -> No
     )
 
 
+def renew_leases(
+    conn: sa.Connection, model: str, leases: list[tuple[int, str]], lease_seconds: float
+) -> int:
+    """Extend the leases `(slot, holder)` still held by their holders; returns how many were
+    (one lapsed and taken over by someone else is not extended)."""
+    if not leases:
+        return 0
+    now = _now_sql(conn.dialect.name)
+    statement = sa.text(
+        f"UPDATE model_call_leases SET expires_at = {now} + :ttl "
+        "WHERE model_slug = :model AND holder IN :holders"  # a holder is one call's uuid
+    ).bindparams(sa.bindparam("holders", expanding=True))
+    params = {"model": model, "holders": [h for _, h in leases], "ttl": lease_seconds}
+    return conn.execute(statement, params).rowcount
+
+
 def leases_held(conn: sa.Connection, model: str) -> int:
     """Unexpired in-flight leases of `model` (for tests and operators)."""
     now = _now_sql(conn.dialect.name)
@@ -146,13 +169,14 @@ class SharedModelBudget:
         requests_per_second: float,
         max_in_flight: int,
         *,
-        lease_seconds: float = 120.0,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.engine = engine
         self.model = model
         self.interval = spacing(requests_per_second)
         self.max_in_flight = int(max_in_flight)
         self.lease_seconds = float(lease_seconds)
+        self.renew_every = self.lease_seconds / 3
 
     def __repr__(self) -> str:  # the engine's URL may hold a password: leave it out
         return f"SharedModelBudget({self.model!r}, interval={self.interval:.3f}s)"
@@ -174,6 +198,10 @@ class SharedModelBudget:
     def release_lease(self, slot: int, holder: str) -> None:
         with self.engine.begin() as conn:
             release_lease(conn, self.model, slot, holder)
+
+    def renew_leases(self, leases: list[tuple[int, str]]) -> int:
+        with self.engine.begin() as conn:
+            return renew_leases(conn, self.model, leases, self.lease_seconds)
 
     def reserve(self) -> tuple[float, float]:
         with self.engine.begin() as conn:
