@@ -251,9 +251,11 @@ class Forecasters(EnvironmentOnlyResource):
         *,
         show_market_price: bool = False,
         limits_engine: sa.Engine | None = None,
+        background: bool = False,
     ) -> Forecaster:
         """`limits_engine` (the app database): the model's limits are shared with every other
-        run and process calling it (store.model_limits); without it they hold in-process."""
+        run and process calling it (store.model_limits); without it they hold in-process.
+        `background` (the daily batch): its calls let on-demand calls of the model go first."""
         if spec.provider == BUILTIN_PROVIDER:
             return BuiltinForecaster(spec.slug)
         if not self.openrouter_api_key:
@@ -264,7 +266,11 @@ class Forecasters(EnvironmentOnlyResource):
         shared = None
         if limits_engine is not None:
             shared = SharedModelBudget(
-                limits_engine, spec.slug, spec.requests_per_second, spec.max_in_flight
+                limits_engine,
+                spec.slug,
+                spec.requests_per_second,
+                spec.max_in_flight,
+                background=background,
             )
         limiter = ModelLimiter(
             spec.requests_per_second, spec.max_in_flight, name=spec.slug, shared=shared

@@ -89,15 +89,33 @@ def test_send_slots_are_spaced_across_connections(engine):
     slots = []
     for _ in range(5):
         with engine.begin() as conn:
-            slot, now = model_limits.reserve_send_slot(conn, MODEL, interval)
+            slot, now, _ = model_limits.reserve_send_slot(conn, MODEL, interval)
             slots.append(slot)
             assert slot >= now
     gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
     assert all(gap == pytest.approx(interval, abs=1e-6) for gap in gaps), gaps
     with engine.begin() as conn:
         model_limits.push_back(conn, MODEL, 30.0)
-        slot, now = model_limits.reserve_send_slot(conn, MODEL, interval)
+        slot, now, _ = model_limits.reserve_send_slot(conn, MODEL, interval)
         assert slot - now > 29.0
+
+
+def test_background_callers_queue_at_most_one_slot_ahead(engine):
+    """The batch reserves only when the queue is short, so an on-demand call that arrives
+    while batch workers wait for slots finds at most one of their calls ahead of it."""
+    interval = model_limits.spacing(RPS)
+    ahead = max(interval, model_limits.BACKGROUND_MAX_AHEAD_SECONDS)
+    with engine.begin() as conn:
+        first = model_limits.reserve_send_slot(conn, MODEL, interval, max_ahead=ahead)
+        second = model_limits.reserve_send_slot(conn, MODEL, interval, max_ahead=ahead)
+        third = model_limits.reserve_send_slot(conn, MODEL, interval, max_ahead=ahead)
+        on_demand = model_limits.reserve_send_slot(conn, MODEL, interval)
+    assert first.slot is not None and second.slot == pytest.approx(first.slot + interval)
+    # Two slots queued (the next free one is two spacings away): the third batch call waits
+    # and is told when to ask again; the on-demand call takes the next slot at once.
+    assert third.slot is None
+    assert third.retry_at == pytest.approx(first.slot + 2 * interval - ahead)
+    assert on_demand.slot == pytest.approx(first.slot + 2 * interval)
 
 
 def test_a_lease_of_a_dead_holder_lapses(engine):

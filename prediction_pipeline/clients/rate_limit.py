@@ -75,7 +75,9 @@ class SharedBudget(Protocol):
 
     def renew_leases(self, leases: list[tuple[int, str]]) -> int: ...
 
-    def reserve(self) -> tuple[float, float]: ...  # (send slot, now) on the budget's clock
+    # (slot, now, retry_at) on the budget's clock; slot None: nothing reserved, ask again at
+    # retry_at (background callers keep the queue short for on-demand calls).
+    def reserve(self) -> tuple[float | None, float, float | None]: ...
 
     def push_back(self, seconds: float) -> None: ...
 
@@ -249,7 +251,10 @@ class ModelLimiter:
     async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             await self._wait_cooldown(loop)
-            send_at, budget_now = await asyncio.to_thread(self.shared.reserve)
+            send_at, budget_now, retry_at = await asyncio.to_thread(self.shared.reserve)
+            if send_at is None:  # background work: the queue is long, ask again when it is not
+                await asyncio.sleep(self._until_slot(retry_at, budget_now))
+                continue
             await asyncio.sleep(self._until_slot(send_at, budget_now))
             if self._resume_at <= loop.time():
                 return

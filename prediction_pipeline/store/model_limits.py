@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -46,6 +47,12 @@ SPACING_SECONDS = 0.004
 # An in-flight lease lasts this long unless its holder renews it (every third of it). A
 # killed process's leases free up within it: a restarted run waits that long at most.
 LEASE_SECONDS = 15.0
+
+# Background work (the daily batch) reserves a send slot only when the model's next free slot
+# is at most max(one spacing, this) away, so an on-demand call, which reserves at once, finds
+# at most about one batch call queued ahead of it instead of one per batch worker. The floor
+# keeps fast models' batches from losing slots to a late wake-up.
+BACKGROUND_MAX_AHEAD_SECONDS = 0.25
 
 
 def _now_sql(dialect: str) -> str:
@@ -69,21 +76,44 @@ def spacing(requests_per_second: float) -> float:
     return (1.0 + SPACING_FRACTION) / requests_per_second + SPACING_SECONDS
 
 
-def reserve_send_slot(conn: sa.Connection, model: str, interval: float) -> tuple[float, float]:
-    """Reserve the next send slot of `model`: (slot, now), both epoch seconds on the
-    database's clock; the caller sends at `slot` (now when the model is idle)."""
+class Reservation(NamedTuple):
+    """Epoch seconds on the database's clock: `slot`, when the caller sends, or None when a
+    background caller found the queue too long and reserved nothing (it asks again at
+    `retry_at`); `now`, the database's clock when the reservation was made."""
+
+    slot: float | None
+    now: float
+    retry_at: float | None = None
+
+
+def reserve_send_slot(
+    conn: sa.Connection, model: str, interval: float, *, max_ahead: float | None = None
+) -> Reservation:
+    """Reserve the next send slot of `model`; the caller sends at `slot` (now when the model
+    is idle). With `max_ahead` (background work), reserve only when the next free slot is at
+    most `max_ahead` seconds away, else reserve nothing and retry near `next_free - max_ahead`:
+    the batch then never queues more than about one call ahead of an on-demand call."""
     dialect = conn.dialect.name
     now = _now_sql(dialect)
+    only_if_near = (
+        "" if max_ahead is None else f" WHERE model_rate_slots.next_slot <= {now} + :ahead"
+    )
     row = conn.execute(
         sa.text(
             f"INSERT INTO model_rate_slots (model_slug, next_slot) VALUES (:model, {now} + :i) "
             "ON CONFLICT (model_slug) DO UPDATE SET next_slot = "
-            f"{_greatest(dialect)}(model_rate_slots.next_slot, {now}) + :i "
+            f"{_greatest(dialect)}(model_rate_slots.next_slot, {now}) + :i{only_if_near} "
             f"RETURNING next_slot, {now} AS now"
         ),
-        {"model": model, "i": interval},
+        {"model": model, "i": interval, "ahead": max_ahead},
+    ).first()
+    if row is not None:
+        return Reservation(row.next_slot - interval, row.now)
+    row = conn.execute(
+        sa.text(f"SELECT next_slot, {now} AS now FROM model_rate_slots WHERE model_slug = :model"),
+        {"model": model},
     ).one()
-    return row.next_slot - interval, row.now
+    return Reservation(None, row.now, retry_at=row.next_slot - max_ahead)
 
 
 def push_back(conn: sa.Connection, model: str, seconds: float) -> None:
@@ -170,10 +200,12 @@ class SharedModelBudget:
         max_in_flight: int,
         *,
         lease_seconds: float = LEASE_SECONDS,
+        background: bool = False,
     ) -> None:
         self.engine = engine
         self.model = model
         self.interval = spacing(requests_per_second)
+        self.max_ahead = max(self.interval, BACKGROUND_MAX_AHEAD_SECONDS) if background else None
         self.max_in_flight = int(max_in_flight)
         self.lease_seconds = float(lease_seconds)
         self.renew_every = self.lease_seconds / 3
@@ -203,9 +235,9 @@ class SharedModelBudget:
         with self.engine.begin() as conn:
             return renew_leases(conn, self.model, leases, self.lease_seconds)
 
-    def reserve(self) -> tuple[float, float]:
+    def reserve(self) -> Reservation:
         with self.engine.begin() as conn:
-            return reserve_send_slot(conn, self.model, self.interval)
+            return reserve_send_slot(conn, self.model, self.interval, max_ahead=self.max_ahead)
 
     def push_back(self, seconds: float) -> None:
         with self.engine.begin() as conn:

@@ -105,7 +105,7 @@ def predictions(
 
     with _not_retried_when_invalid(f"registry entry of model {model!r}"):
         forecaster = forecasters.build(
-            spec, show_market_price=config.show_market_price, limits_engine=engine
+            spec, show_market_price=config.show_market_price, limits_engine=engine, background=True
         )
     task = PredictionTask(
         model=model,
