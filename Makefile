@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.local/dagster_home
 export PREDICTION_PIPELINE_DATA_DIR := $(CURDIR)/.local
 
-.PHONY: install home demo test lint format ui api daemon clean bench
+.PHONY: install home demo test lint format ui api daemon clean bench helm-schema
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: install
 	$(BIN)/python -m benchmarks.deltas_scale
 	$(BIN)/python -m benchmarks.digest_throughput
 	$(BIN)/python -m benchmarks.on_demand_latency
+
+# The Dagster Helm chart's values schema and defaults at the pinned release, for
+# prediction_pipeline_tests/test_deploy.py (needs GitHub; see deploy/helm/fetch_schema.sh).
+helm-schema:
+	deploy/helm/fetch_schema.sh
 
 clean:
 	rm -rf .local

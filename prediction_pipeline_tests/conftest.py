@@ -75,6 +75,18 @@ def empty_database_url(request, tmp_path, postgres_available) -> Iterator[str]:
 
 
 @pytest.fixture
+def postgres_database_url(postgres_available) -> Iterator[str]:
+    """A URL to a fresh, empty PostgreSQL database (for tests that only make sense there)."""
+    if not postgres_available:
+        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432 and CI is unset")
+    url = _create_pg_database()
+    try:
+        yield url
+    finally:
+        _drop_pg_database(url)
+
+
+@pytest.fixture
 def database_url(empty_database_url) -> str:
     """A URL to an app database migrated to head, on SQLite and on PostgreSQL."""
     engine = make_engine(empty_database_url)
