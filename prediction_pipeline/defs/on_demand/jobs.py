@@ -29,7 +29,7 @@ from prediction_pipeline.resources import (
 )
 from prediction_pipeline.services import on_demand
 from prediction_pipeline.store import markets as market_store
-from prediction_pipeline.store import on_demand as queue
+from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store import users as user_store
 
 RETRY = dg.RetryPolicy(
@@ -151,14 +151,14 @@ def notify(
     built is never claimed, and a retry cannot mistake it for one already sent)."""
     engine = app_db.engine()
     with engine.connect() as conn:
-        session = queue.get_session(conn, config.session_id)
+        session = on_demand_store.get_session(conn, config.session_id)
         user = user_store.get_user_by_id(conn, session.user_id)
         market = market_store.get_market(conn, session.market_id)
     claimed = False
     if session.notified_at is None:
         outgoing = _session_email(session, user.email, market, digest_settings)
         with engine.begin() as conn:
-            claimed = queue.mark_notified(conn, config.session_id)
+            claimed = on_demand_store.mark_notified(conn, config.session_id)
     if not claimed:
         context.log.info(f"session {config.session_id}: already notified")
         return
@@ -170,7 +170,7 @@ def notify(
             mail.close()
     except BaseException:
         with engine.begin() as conn:
-            queue.release_notification(conn, config.session_id)
+            on_demand_store.release_notification(conn, config.session_id)
         raise
     context.log.info(f"session {config.session_id}: notified {user.email} ({status})")
 
@@ -214,13 +214,13 @@ def verdict(
 ):
     """Fail the run when a model of the session failed (after settle and notify)."""
     with app_db.connect() as conn:
-        session = queue.get_session(conn, config.session_id)
+        session = on_demand_store.get_session(conn, config.session_id)
     failed = {
         model: entry.get("error") or entry.get("status")
         for model, entry in session.progress.items()
-        if entry.get("status") != queue.SUCCEEDED
+        if entry.get("status") != on_demand_store.SUCCEEDED
     }
-    if status != queue.COMPLETED or failed:
+    if status != on_demand_store.COMPLETED or failed:
         details = "; ".join(f"{model}: {error}" for model, error in failed.items())
         raise dg.Failure(
             f"session {config.session_id} ended {status}: {details or session.error}",

@@ -8,7 +8,7 @@ import dagster as dg
 from prediction_pipeline.defs.on_demand.jobs import prediction_request_job, prediction_session_job
 from prediction_pipeline.resources import AlertSettings, AppDatabase
 from prediction_pipeline.services import alerts
-from prediction_pipeline.store import on_demand as queue
+from prediction_pipeline.store import on_demand as on_demand_store
 
 REQUEST_TAG = "prediction_pipeline/request_id"
 SESSION_TAG = "prediction_pipeline/session_id"
@@ -18,7 +18,7 @@ SESSION_MAX_RUNTIME_SECONDS = 30 * 60
 # The daemon visits sensors every ~5 s and skips one whose last tick began less than its
 # minimum interval ago; an interval of 5 s would then tick only every other visit (~10 s).
 QUEUE_SENSOR_INTERVAL_SECONDS = 1
-# A user is waiting: on-demand runs go ahead of queued batch runs in the run queue.
+# A user is waiting: on-demand runs go ahead of queued batch runs in the run on_demand_store.
 ON_DEMAND_PRIORITY = "10"
 MAX_LAUNCHES = 3  # a request or session whose runs died this many times fails, refunded
 RECOVERY_GRACE_SECONDS = 120  # leave young rows to their sensor and run
@@ -53,7 +53,7 @@ def prediction_requests_sensor(context: dg.SensorEvaluationContext, app_db: AppD
     daily batch (the per-model run limit of dagster.yaml); its calls share the model's
     provider budget with the batch through the app database instead (store.model_limits)."""
     with app_db.connect() as conn:
-        rows = queue.queued_requests(conn, limit=100)
+        rows = on_demand_store.queued_requests(conn, limit=100)
     if not rows:
         return dg.SkipReason("no queued requests")
     return [
@@ -79,7 +79,7 @@ def prediction_requests_sensor(context: dg.SensorEvaluationContext, app_db: AppD
 def prediction_sessions_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase):
     """One run per queued session (its model steps share the provider pool)."""
     with app_db.connect() as conn:
-        rows = queue.queued_sessions(conn, limit=100)
+        rows = on_demand_store.queued_sessions(conn, limit=100)
     if not rows:
         return dg.SkipReason("no queued sessions")
     requests = []
@@ -107,7 +107,7 @@ def recover(instance: dg.DagsterInstance, engine, now: dt.datetime, log=None) ->
     (requests and (session, model) pairs are unique in `predictions`)."""
     counts = {"requeued": 0, "failed": 0, "alive": 0}
     with engine.connect() as conn:
-        items = queue.unfinished_items(conn)
+        items = on_demand_store.unfinished_items(conn)
     for kind, item_id, status, updated_at, launches in items:
         if (now - updated_at).total_seconds() < RECOVERY_GRACE_SECONDS:
             continue
@@ -117,18 +117,20 @@ def recover(instance: dg.DagsterInstance, engine, now: dt.datetime, log=None) ->
         if run is not None and run.status in ALIVE:
             counts["alive"] += 1
             continue
-        if run is None and status == queue.QUEUED:
+        if run is None and status == on_demand_store.QUEUED:
             continue  # not launched yet: its sensor will (or is turned off)
         reason = f"run {run.run_id} ended {run.status.value}" if run else "no run found"
         with engine.begin() as conn:
             if launches + 1 < MAX_LAUNCHES:
                 # False when it finished since `items` was read: nothing to recover.
-                counts["requeued"] += queue.requeue(conn, kind, item_id)
+                counts["requeued"] += on_demand_store.requeue(conn, kind, item_id)
             elif kind == "request":
-                queue.finish_request(conn, item_id, prediction_id=None, error=f"gave up: {reason}")
+                on_demand_store.finish_request(
+                    conn, item_id, prediction_id=None, error=f"gave up: {reason}"
+                )
                 counts["failed"] += 1
             else:
-                queue.fail_session(conn, item_id, f"gave up: {reason}")
+                on_demand_store.fail_session(conn, item_id, f"gave up: {reason}")
                 counts["failed"] += 1
         if log:
             log.warning(f"{kind} {item_id}: {reason}; launches={launches + 1}")
@@ -163,7 +165,7 @@ def run_failure_alerts(
     webhook = alert_settings.webhook_url
     channels = ["log"] + (["webhook"] if webhook else [])
     with app_db.begin() as conn:
-        alert_id = queue.record_alert(
+        alert_id = on_demand_store.record_alert(
             conn,
             run_id=run.run_id,
             job_name=run.job_name,
