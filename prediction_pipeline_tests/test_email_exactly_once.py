@@ -27,7 +27,7 @@ from prediction_pipeline.core.markets import Market, MarketStatus
 from prediction_pipeline.defs.on_demand import jobs as on_demand_jobs
 from prediction_pipeline.resources import AppDatabase, DigestSettings
 from prediction_pipeline.services import digests as delivery
-from prediction_pipeline.services import on_demand
+from prediction_pipeline.services import on_demand, sessions
 from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
 from prediction_pipeline.store import digests as digest_store
 from prediction_pipeline.store import markets as market_store
@@ -445,7 +445,7 @@ def test_a_notification_that_cannot_be_built_is_not_claimed(
     def broken(**kwargs):
         raise ValueError("cannot build")
 
-    monkeypatch.setattr(on_demand_jobs, "session_summary", broken)
+    monkeypatch.setattr(sessions, "session_summary", broken)
     with pytest.raises(ValueError, match="cannot build"):
         notify(database_url, smtp, session_id)
     with engine.connect() as conn:

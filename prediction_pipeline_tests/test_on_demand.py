@@ -9,10 +9,9 @@ import sqlalchemy as sa
 
 from prediction_pipeline.defs.on_demand.jobs import prediction_request_job, prediction_session_job
 from prediction_pipeline.defs.on_demand.sensors import (
-    RECOVERY_GRACE_SECONDS,
+    last_run_lookup,
     prediction_requests_sensor,
     prediction_sessions_sensor,
-    recover,
     run_failure_alerts,
 )
 from prediction_pipeline.resources import (
@@ -23,6 +22,7 @@ from prediction_pipeline.resources import (
     Forecasters,
 )
 from prediction_pipeline.services import on_demand
+from prediction_pipeline.services.recovery import RECOVERY_GRACE_SECONDS, recover_dead_work
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store.tables import credit_ledger, predictions
@@ -236,7 +236,7 @@ def test_a_dead_session_run_is_relaunched_without_double_charge(world, engine):
     assert tick(prediction_sessions_sensor, world) == []  # running, not queued
 
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RECOVERY_GRACE_SECONDS + 1)
-    assert recover(world["instance"], engine, later)["requeued"] == 1
+    assert recover_dead_work(engine, last_run_lookup(world["instance"]), later)["requeued"] == 1
     [second] = tick(prediction_sessions_sensor, world)
     assert second.run_key == f"session:{session_id}:1" != first.run_key
     assert launch(prediction_session_job, second, world).success
@@ -260,7 +260,7 @@ def test_recovery_gives_up_with_a_refund_after_repeated_deaths(world, engine):
             prediction_session_job, run_config=request.run_config, tags=request.tags
         )
         world["instance"].report_run_failed(run)
-        counts = recover(world["instance"], engine, later)
+        counts = recover_dead_work(engine, last_run_lookup(world["instance"]), later)
     assert counts["failed"] == 1
     info = on_demand.status(engine, session_id)
     assert info["status"] == "failed" and info["credits_refunded"] == 1 and info["balance"] == 2

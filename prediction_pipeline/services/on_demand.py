@@ -171,6 +171,21 @@ def status(engine: sa.Engine, item_id: str) -> dict:
     raise LookupError(f"no request or session {item_id!r}")
 
 
+# -- launching ----------------------------------------------------------------------------
+
+
+def queued_requests(engine: sa.Engine, limit: int = 100) -> list[sa.Row]:
+    """Requests waiting for a run (oldest first): what the requests sensor launches."""
+    with engine.connect() as conn:
+        return on_demand_store.queued_requests(conn, limit=limit)
+
+
+def queued_sessions(engine: sa.Engine, limit: int = 100) -> list[sa.Row]:
+    """Sessions waiting for a run (oldest first): what the sessions sensor launches."""
+    with engine.connect() as conn:
+        return on_demand_store.queued_sessions(conn, limit=limit)
+
+
 # -- execution -----------------------------------------------------------------------------
 
 
