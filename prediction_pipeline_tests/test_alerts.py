@@ -264,8 +264,10 @@ def test_unreachable_webhook_error_names_only_the_host(database_url, engine):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once we leave: nobody listens there
     url = f"http://127.0.0.1:{port}{SECRET_PATH}?{WEBHOOK_QUERY}"
+    client = WebhookClient(url, sleep=no_sleep)
+    assert repr(client) == f"WebhookClient('http://127.0.0.1:{port}/***')"
     with pytest.raises(WebhookDeliveryError) as caught:
-        WebhookClient(url, sleep=no_sleep).post({"text": "x"})
+        client.post({"text": "x"})
     assert f"127.0.0.1:{port}/***" in str(caught.value) and not _leaks(str(caught.value))
 
     request = httpx.Request("POST", url)
