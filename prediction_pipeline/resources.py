@@ -48,6 +48,7 @@ from prediction_pipeline.clients.openrouter import (
     OpenRouterForecaster,
 )
 from prediction_pipeline.clients.rate_limit import ModelLimiter
+from prediction_pipeline.clients.webhook import WebhookClient
 from prediction_pipeline.core.digests import (
     DEFAULT_MESSAGE_ID_DOMAIN,
     DEFAULT_PUBLIC_URL,
@@ -406,6 +407,13 @@ class AlertSettings(EnvironmentOnlyResource):
         default="http://127.0.0.1:3000",
         description="PREDICTION_PIPELINE_DAGSTER_URL: base of the run links in alerts.",
     )
+
+    def webhook(self) -> WebhookClient | None:
+        """The alert webhook's client, or None when no webhook is configured."""
+        return WebhookClient(self.webhook_url) if self.webhook_url else None
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.dagster_url.rstrip('/')}/runs/{run_id}"
 
 
 def env_or(name: str, default: str | None) -> str | dg.EnvVar | None:

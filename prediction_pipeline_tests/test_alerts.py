@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from prediction_pipeline.clients.http_retry import describe_error, redact_url
+from prediction_pipeline.clients.webhook import WebhookClient, WebhookDeliveryError
 from prediction_pipeline.defs.on_demand.sensors import alert_delivery_retries, run_failure_alerts
 from prediction_pipeline.defs.predictions.assets import predictions
 from prediction_pipeline.resources import (
@@ -26,6 +27,10 @@ from prediction_pipeline.services import alerts as alert_service
 from prediction_pipeline.store import on_demand as queue_store
 from prediction_pipeline.store.tables import run_failure_alerts as alerts_table
 from prediction_pipeline_tests.pipeline_helpers import partition
+
+
+def no_sleep(seconds: float) -> None:
+    """Skips the backoff pauses between HTTP attempts."""
 
 
 @pytest.fixture
@@ -243,7 +248,7 @@ def test_delivery_attempts_are_bounded(database_url, engine, flaky):
     later = dt.datetime.now(dt.UTC)
     for _ in range(alert_service.MAX_ALERT_ATTEMPTS + 3):
         later += dt.timedelta(days=1)
-        alert_service.retry_undelivered(engine, hook.url, later, sleep=lambda s: None)
+        alert_service.retry_undelivered(engine, WebhookClient(hook.url, sleep=no_sleep), later)
     row = _alert(engine)
     assert row.delivered_at is None
     assert row.attempts == alert_service.MAX_ALERT_ATTEMPTS
@@ -259,8 +264,10 @@ def test_unreachable_webhook_error_names_only_the_host(database_url, engine):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once we leave: nobody listens there
     url = f"http://127.0.0.1:{port}{SECRET_PATH}?{WEBHOOK_QUERY}"
-    with pytest.raises(alert_service.AlertDeliveryError) as caught:
-        alert_service.post_webhook(url, {"text": "x"}, sleep=lambda s: None)
+    client = WebhookClient(url, sleep=no_sleep)
+    assert repr(client) == f"WebhookClient('http://127.0.0.1:{port}/***')"
+    with pytest.raises(WebhookDeliveryError) as caught:
+        client.post({"text": "x"})
     assert f"127.0.0.1:{port}/***" in str(caught.value) and not _leaks(str(caught.value))
 
     request = httpx.Request("POST", url)
@@ -309,7 +316,7 @@ def _deliver_in_another_process(url, webhook, alert, barrier, results) -> None:
 
     engine = make_engine(url)
     barrier.wait()
-    results.put(alert_service.deliver(engine, alert, webhook, seen_attempts=0))
+    results.put(alert_service.deliver(engine, alert, WebhookClient(webhook), seen_attempts=0))
     engine.dispose()
 
 

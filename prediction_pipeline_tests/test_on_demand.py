@@ -9,10 +9,9 @@ import sqlalchemy as sa
 
 from prediction_pipeline.defs.on_demand.jobs import prediction_request_job, prediction_session_job
 from prediction_pipeline.defs.on_demand.sensors import (
-    RECOVERY_GRACE_SECONDS,
+    last_run_lookup,
     prediction_requests_sensor,
     prediction_sessions_sensor,
-    recover,
     run_failure_alerts,
 )
 from prediction_pipeline.resources import (
@@ -23,8 +22,9 @@ from prediction_pipeline.resources import (
     Forecasters,
 )
 from prediction_pipeline.services import on_demand
+from prediction_pipeline.services.recovery import RECOVERY_GRACE_SECONDS, recover_dead_work
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as queue
+from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store.tables import credit_ledger, predictions
 from prediction_pipeline_tests.fakes.openrouter_server import FakeOpenRouterServer, Fault
 from prediction_pipeline_tests.pipeline_helpers import ingest_days
@@ -195,17 +195,19 @@ def test_a_failed_request_fails_its_run_and_raises_one_alert(world, engine, data
     ).for_run_failure()
     run_failure_alerts(context)
     with engine.connect() as conn:
-        [alert] = queue.alerts(conn)
+        [alert] = on_demand_store.alerts(conn)
     assert alert.run_id == result.run_id and alert.job_name == prediction_request_job.name
     assert request_id in alert.error and "OPENROUTER_API_KEY is not set" in alert.error
 
 
 def test_not_enough_credits_queues_nothing(world, engine):
     on_demand.grant(engine, USER, 1)
-    with pytest.raises(queue.InsufficientCredits, match="costs 2 credits; the balance is 1"):
+    with pytest.raises(
+        on_demand_store.InsufficientCredits, match="costs 2 credits; the balance is 1"
+    ):
         on_demand.create_session(engine, world["market"].id, ["baseline/market", ONLINE], USER)
     assert tick(prediction_sessions_sensor, world) == []
-    with pytest.raises(queue.UnknownModel):
+    with pytest.raises(on_demand_store.UnknownModel):
         on_demand.create_session(engine, world["market"].id, ["nope/nope"], USER)
 
 
@@ -218,7 +220,7 @@ def test_a_dead_session_run_is_relaunched_without_double_charge(world, engine):
     # The run dies after one model: run only its research step and one model step, then
     # mark the run failed, as run monitoring would after its worker vanished.
     with engine.begin() as conn:
-        queue.start_session(conn, session_id, "dead-run")
+        on_demand_store.start_session(conn, session_id, "dead-run")
     on_demand.predict_session_model(
         engine,
         world["resources"]["forecasters"].build,
@@ -234,7 +236,7 @@ def test_a_dead_session_run_is_relaunched_without_double_charge(world, engine):
     assert tick(prediction_sessions_sensor, world) == []  # running, not queued
 
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RECOVERY_GRACE_SECONDS + 1)
-    assert recover(world["instance"], engine, later)["requeued"] == 1
+    assert recover_dead_work(engine, last_run_lookup(world["instance"]), later)["requeued"] == 1
     [second] = tick(prediction_sessions_sensor, world)
     assert second.run_key == f"session:{session_id}:1" != first.run_key
     assert launch(prediction_session_job, second, world).success
@@ -258,7 +260,7 @@ def test_recovery_gives_up_with_a_refund_after_repeated_deaths(world, engine):
             prediction_session_job, run_config=request.run_config, tags=request.tags
         )
         world["instance"].report_run_failed(run)
-        counts = recover(world["instance"], engine, later)
+        counts = recover_dead_work(engine, last_run_lookup(world["instance"]), later)
     assert counts["failed"] == 1
     info = on_demand.status(engine, session_id)
     assert info["status"] == "failed" and info["credits_refunded"] == 1 and info["balance"] == 2

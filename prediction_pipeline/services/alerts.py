@@ -1,10 +1,11 @@
 """Run-failure alerts to a webhook: at least once, bounded, and never leaking its URL.
 
-An alert is a row of `run_failure_alerts` first (the failure sensor records it once per run),
-then a webhook POST (Slack-style `{"text": ...}` plus details). A POST that fails leaves the
-row undelivered with the reason; `retry_undelivered` tries again on later sensor ticks, with
-a growing pause between attempts, at most `MAX_ALERT_ATTEMPTS` times in all. The webhook URL's
-path is its secret: it appears in no log line, error or row (`redact_url`).
+An alert is a row of `run_failure_alerts` first (`report_run_failure` records it once per
+run), then a webhook POST (Slack-style `{"text": ...}` plus details) through
+`clients.webhook`. A POST that fails leaves the row undelivered with the reason;
+`retry_undelivered` tries again on later sensor ticks, with a growing pause between attempts,
+at most `MAX_ALERT_ATTEMPTS` times in all. The webhook URL's path is its secret: it appears in
+no log line, error or row (the client redacts it).
 """
 
 from __future__ import annotations
@@ -13,29 +14,14 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
 import sqlalchemy as sa
 
-from prediction_pipeline.clients.http_retry import (
-    RetryableHTTPError,
-    RetryPolicy,
-    describe_error,
-    redact_url,
-    register_secret_url,
-    send_with_retry,
-)
-from prediction_pipeline.store import on_demand as store
+from prediction_pipeline.clients.webhook import WebhookClient, WebhookDeliveryError
+from prediction_pipeline.store import on_demand as on_demand_store
 
 MAX_ALERT_ATTEMPTS = 6
 #: Pause before the n-th retry: RETRY_BASE * 2**(n-1): 1, 2, 4, 8, 16 minutes.
 RETRY_BASE = dt.timedelta(minutes=1)
-#: Within one attempt, a few quick HTTP retries for blips (429, 5xx, dropped connections).
-WEBHOOK_POLICY = RetryPolicy(max_attempts=3, initial_wait=0.5, max_wait=5, secret_url=True)
-WEBHOOK_TIMEOUT_SECONDS = 10.0
-
-
-class AlertDeliveryError(Exception):
-    """The webhook did not take the alert; the message names only the webhook's host."""
 
 
 @dataclass(frozen=True)
@@ -67,47 +53,60 @@ class Alert:
         }
 
 
-def post_webhook(
-    url: str,
-    payload: dict,
+def report_run_failure(
+    engine: sa.Engine,
     *,
-    policy: RetryPolicy = WEBHOOK_POLICY,
-    sleep: Callable[[float], None] | None = None,
-) -> None:
-    """POST `payload` as JSON; raises `AlertDeliveryError` (URL redacted) unless a 2xx comes
-    back within the policy's attempts."""
-    register_secret_url(url)
-    try:
-        with httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
-            response = send_with_retry(
-                client, "POST", url, policy=policy, sleep=sleep, json=payload
-            )
-    except (httpx.HTTPError, RetryableHTTPError, ValueError) as exc:
-        # httpx errors may embed the full URL: only a redacted account leaves this function.
-        raise AlertDeliveryError(describe_error(exc, url)) from None
-    if not response.is_success:
-        raise AlertDeliveryError(f"POST {redact_url(url)}: HTTP {response.status_code}")
+    run_id: str,
+    job_name: str,
+    partition_key: str | None,
+    error: str,
+    run_url: str,
+    webhook: WebhookClient | None,
+    log_error: Callable[[str], None] | None = None,
+    log_warning: Callable[[str], None] | None = None,
+) -> Alert | None:
+    """Record the failed run's alert (once per run), log it, and POST it to the webhook when
+    one is configured. None when the run's alert was already recorded (a second tick)."""
+    channels = ["log"] + (["webhook"] if webhook else [])
+    with engine.begin() as conn:
+        alert_id = on_demand_store.record_alert(
+            conn,
+            run_id=run_id,
+            job_name=job_name,
+            partition_key=partition_key,
+            error=error,
+            run_url=run_url,
+            notified_via=",".join(channels),
+            deliver=webhook is not None,
+        )
+    if alert_id is None:
+        return None
+    alert = Alert(alert_id, run_id, job_name, partition_key, error, run_url)
+    if log_error:
+        log_error(alert.text)
+    if webhook:
+        deliver(engine, alert, webhook, seen_attempts=0, log=log_warning)
+    return alert
 
 
 def deliver(
     engine: sa.Engine,
     alert: Alert,
-    url: str,
+    webhook: WebhookClient,
     *,
     seen_attempts: int,
     log: Callable[[str], None] | None = None,
-    sleep: Callable[[float], None] | None = None,
 ) -> bool | None:
     """One delivery attempt of `alert`: True when delivered, False when it failed (the row
     keeps the reason), None when another sensor claimed this attempt first."""
     with engine.begin() as conn:
-        if not store.claim_alert_delivery(conn, alert.id, seen_attempts=seen_attempts):
+        if not on_demand_store.claim_alert_delivery(conn, alert.id, seen_attempts=seen_attempts):
             return None
     try:
-        post_webhook(url, alert.payload(), sleep=sleep)
-    except AlertDeliveryError as exc:
+        webhook.post(alert.payload())
+    except WebhookDeliveryError as exc:
         with engine.begin() as conn:
-            store.finish_alert_delivery(conn, alert.id, error=str(exc))
+            on_demand_store.finish_alert_delivery(conn, alert.id, error=str(exc))
         if log:
             attempt = seen_attempts + 1
             more = "retried later" if attempt < MAX_ALERT_ATTEMPTS else "giving up"
@@ -117,7 +116,7 @@ def deliver(
             )
         return False
     with engine.begin() as conn:
-        store.finish_alert_delivery(conn, alert.id, error=None)
+        on_demand_store.finish_alert_delivery(conn, alert.id, error=None)
     return True
 
 
@@ -133,23 +132,20 @@ def is_due(row: sa.Row, now: dt.datetime) -> bool:
 
 def retry_undelivered(
     engine: sa.Engine,
-    url: str,
+    webhook: WebhookClient,
     now: dt.datetime,
     *,
     log: Callable[[str], None] | None = None,
-    sleep: Callable[[float], None] | None = None,
 ) -> dict[str, int]:
     """Try again every undelivered alert that is due; counts of what happened."""
     counts = {"delivered": 0, "failed": 0, "waiting": 0, "claimed_elsewhere": 0}
     with engine.connect() as conn:
-        rows = store.undelivered_alerts(conn, max_attempts=MAX_ALERT_ATTEMPTS)
+        rows = on_demand_store.undelivered_alerts(conn, max_attempts=MAX_ALERT_ATTEMPTS)
     for row in rows:
         if not is_due(row, now):
             counts["waiting"] += 1
             continue
-        outcome = deliver(
-            engine, Alert.from_row(row), url, seen_attempts=row.attempts, log=log, sleep=sleep
-        )
+        outcome = deliver(engine, Alert.from_row(row), webhook, seen_attempts=row.attempts, log=log)
         key = {True: "delivered", False: "failed", None: "claimed_elsewhere"}[outcome]
         counts[key] += 1
     return counts

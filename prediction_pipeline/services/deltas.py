@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from prediction_pipeline.core.deltas import DeltaSummary, summarize
 from prediction_pipeline.store import deltas as delta_store
 
+# Prices outside [0, 1]: bad data that a retry cannot fix (callers fail without retrying).
+InvalidPriceError = delta_store.InvalidPriceError
+
 
 def snapshot_deltas(
     engine: sa.Engine,
@@ -60,3 +63,10 @@ def snapshot_deltas(
         groups = delta_store.run_aggregates(conn, snapshot_day, computed_at)
         movers = delta_store.largest_movers(conn, snapshot_day, computed_at, top_movers)
     return summarize(groups, statements, movers)
+
+
+def delta_quality(engine: sa.Engine, snapshot_day: dt.date) -> dict[str, int]:
+    """The day's data-quality counts: duplicates per (prediction, day), rows, and deltas
+    outside [-1, 1]."""
+    with engine.connect() as conn:
+        return delta_store.delta_quality(conn, snapshot_day)

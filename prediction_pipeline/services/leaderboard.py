@@ -52,3 +52,12 @@ def build_leaderboard(conn: sa.Connection, bins: int = DEFAULT_BINS) -> Leaderbo
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     excluded = score_store.excluded_known_answers(conn, cutoffs)
     return Leaderboard(rows=rows, calibration=calibration, excluded_known_answers=excluded)
+
+
+def refresh_leaderboard(engine: sa.Engine, bins: int = DEFAULT_BINS) -> Leaderboard:
+    """Build the leaderboard from the scores and replace the `model_leaderboard` table."""
+    with engine.connect() as conn:
+        board = build_leaderboard(conn, bins)
+    with engine.begin() as conn:
+        score_store.replace_leaderboard(conn, board.rows)
+    return board

@@ -23,16 +23,16 @@ from prediction_pipeline.services.predict import PredictionTask, run_predictions
 from prediction_pipeline.services.spend import SpendGuard
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as queue
+from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store import users as user_store
 
 CREDITS_PER_MODEL = 1
 
 # What callers (the CLI, the HTTP API) catch and show, from the store that enforces it.
-InsufficientCredits = queue.InsufficientCredits
-IdempotencyConflict = queue.IdempotencyConflict
-MAX_GRANT, MAX_MODELS = queue.MAX_GRANT, queue.MAX_MODELS
+InsufficientCredits = on_demand_store.InsufficientCredits
+IdempotencyConflict = on_demand_store.IdempotencyConflict
+MAX_GRANT, MAX_MODELS = on_demand_store.MAX_GRANT, on_demand_store.MAX_MODELS
 
 # Builds the forecaster of a registered model (resources.Forecasters.build in production).
 ForecasterFactory = Callable[[model_store.ModelSpec], Forecaster]
@@ -76,9 +76,9 @@ def request_prediction(
     request id at once (the work runs in Dagster). A failed request is refunded what it
     was charged. The same idempotency key again returns the first id and charges nothing."""
     _check_flag("web_search", web_search)
-    key = queue.check_idempotency_key(idempotency_key)
+    key = on_demand_store.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
-        return queue.enqueue_request(
+        return on_demand_store.enqueue_request(
             conn,
             _market_id(conn, market_ref),
             model,
@@ -100,11 +100,11 @@ def create_session(
 ) -> str:
     """Check and debit credits and queue the session in one transaction; returns its id.
     The same idempotency key again returns the first id and charges nothing."""
-    slugs = queue.check_model_slugs(models)  # before any lock: bad input writes nothing
+    slugs = on_demand_store.check_model_slugs(models)  # before any lock: bad input writes nothing
     _check_flag("web_search", web_search)
-    key = queue.check_idempotency_key(idempotency_key)
+    key = on_demand_store.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
-        return queue.create_session(
+        return on_demand_store.create_session(
             conn,
             _user_id(conn, user_email),
             _market_id(conn, market_ref),
@@ -126,17 +126,17 @@ def grant(
     """Top a user up (created if needed); returns the new balance. Credits are a whole
     number from 1 to MAX_GRANT, checked before anything is written. The same idempotency
     key again for the same user grants nothing."""
-    credits = queue.check_credits(credits)
-    key = queue.check_idempotency_key(idempotency_key)
+    credits = on_demand_store.check_credits(credits)
+    key = on_demand_store.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
         user, _ = user_store.add_user(conn, email)
-        return queue.grant_credits(conn, user.id, credits, note, idempotency_key=key)
+        return on_demand_store.grant_credits(conn, user.id, credits, note, idempotency_key=key)
 
 
 def status(engine: sa.Engine, item_id: str) -> dict:
     """Where a request or session stands; `status` first."""
     with engine.connect() as conn:
-        request = queue.get_request(conn, item_id)
+        request = on_demand_store.get_request(conn, item_id)
         if request is not None:
             return {
                 "status": request.status,
@@ -147,11 +147,13 @@ def status(engine: sa.Engine, item_id: str) -> dict:
                 "prediction_id": request.prediction_id,
                 "credits_charged": request.credits_charged,
                 "credits_refunded": request.credits_refunded,
-                "balance": queue.balance(conn, request.user_id) if request.user_id else None,
+                "balance": on_demand_store.balance(conn, request.user_id)
+                if request.user_id
+                else None,
                 "error": request.error,
                 "run_id": request.run_id,
             }
-        session = queue.get_session(conn, item_id)
+        session = on_demand_store.get_session(conn, item_id)
         if session is not None:
             return {
                 "status": session.status,
@@ -162,11 +164,26 @@ def status(engine: sa.Engine, item_id: str) -> dict:
                 "progress": session.progress,
                 "credits_charged": session.credits_charged,
                 "credits_refunded": session.credits_refunded,
-                "balance": queue.balance(conn, session.user_id),
+                "balance": on_demand_store.balance(conn, session.user_id),
                 "error": session.error,
                 "run_id": session.run_id,
             }
     raise LookupError(f"no request or session {item_id!r}")
+
+
+# -- launching ----------------------------------------------------------------------------
+
+
+def queued_requests(engine: sa.Engine, limit: int = 100) -> list[sa.Row]:
+    """Requests waiting for a run (oldest first): what the requests sensor launches."""
+    with engine.connect() as conn:
+        return on_demand_store.queued_requests(conn, limit=limit)
+
+
+def queued_sessions(engine: sa.Engine, limit: int = 100) -> list[sa.Row]:
+    """Sessions waiting for a run (oldest first): what the sessions sensor launches."""
+    with engine.connect() as conn:
+        return on_demand_store.queued_sessions(conn, limit=limit)
 
 
 # -- execution -----------------------------------------------------------------------------
@@ -256,10 +273,12 @@ def fulfil_request(
     run_id: str,
 ) -> ModelOutcome:
     with engine.begin() as conn:
-        request = queue.get_request(conn, request_id, lock=True)
+        request = on_demand_store.get_request(conn, request_id, lock=True)
         if request is None:
             raise LookupError(f"no request {request_id}")
-        if request.status in queue.REQUEST_FINAL:  # a retry or re-execution: nothing to do
+        if (
+            request.status in on_demand_store.REQUEST_FINAL
+        ):  # a retry or re-execution: nothing to do
             stored = prediction_store.linked_prediction(
                 conn, request.model_slug, request_id=request_id
             )
@@ -267,7 +286,7 @@ def fulfil_request(
             return ModelOutcome(
                 request.model_slug, request.prediction_id, probability, request.error
             )
-        queue.start_request(conn, request_id, run_id)
+        on_demand_store.start_request(conn, request_id, run_id)
     with engine.connect() as conn:
         ctx = _context(conn, request.market_id)
     outcome = _predict_one(
@@ -281,7 +300,7 @@ def fulfil_request(
         run_id=run_id,
     )
     with engine.begin() as conn:
-        queue.finish_request(
+        on_demand_store.finish_request(
             conn, request_id, prediction_id=outcome.prediction_id, error=outcome.error
         )
     return outcome
@@ -312,13 +331,13 @@ def research_session(
     """Start the session; when web search was asked, research the question once with the
     first web-capable (OpenRouter) model of the session. Returns (models to run, notes)."""
     with engine.begin() as conn:
-        session = queue.get_session(conn, session_id, lock=True)
+        session = on_demand_store.get_session(conn, session_id, lock=True)
         if session is None:
             raise LookupError(f"no session {session_id}")
-        if session.status in queue.SESSION_FINAL:
+        if session.status in on_demand_store.SESSION_FINAL:
             return [], session.research
-        queue.start_session(conn, session_id, run_id)
-        queue.set_session_step(conn, session_id, "research")
+        on_demand_store.start_session(conn, session_id, run_id)
+        on_demand_store.set_session_step(conn, session_id, "research")
     notes = session.research
     if session.web_search and notes is None:
         with engine.connect() as conn:
@@ -339,9 +358,11 @@ def research_session(
             except Exception as exc:  # research is optional: forecast without it
                 notes = f"(research failed: {type(exc).__name__})"
     with engine.begin() as conn:
-        queue.set_session_step(conn, session_id, "predicting", research=notes or "")
+        on_demand_store.set_session_step(conn, session_id, "predicting", research=notes or "")
     pending = [
-        m for m in session.models if session.progress.get(m, {}).get("status") != queue.SUCCEEDED
+        m
+        for m in session.models
+        if session.progress.get(m, {}).get("status") != on_demand_store.SUCCEEDED
     ]
     return pending, notes
 
@@ -356,8 +377,8 @@ def predict_session_model(
 ) -> ModelOutcome:
     """One model of a session; its progress is visible as soon as it is done."""
     with engine.begin() as conn:
-        session = queue.get_session(conn, session_id)
-        queue.set_model_progress(conn, session_id, model, status=queue.RUNNING)
+        session = on_demand_store.get_session(conn, session_id)
+        on_demand_store.set_model_progress(conn, session_id, model, status=on_demand_store.RUNNING)
     with engine.connect() as conn:
         ctx = _context(conn, session.market_id, research=session.research or None)
     outcome = _predict_one(
@@ -372,17 +393,21 @@ def predict_session_model(
     )
     with engine.begin() as conn:
         if outcome.prediction_id is not None:
-            queue.set_model_progress(
+            on_demand_store.set_model_progress(
                 conn,
                 session_id,
                 model,
-                status=queue.SUCCEEDED,
+                status=on_demand_store.SUCCEEDED,
                 prediction_id=outcome.prediction_id,
                 probability=outcome.probability,
             )
         else:
-            queue.set_model_progress(
-                conn, session_id, model, status=queue.FAILED, error=(outcome.error or "")[:500]
+            on_demand_store.set_model_progress(
+                conn,
+                session_id,
+                model,
+                status=on_demand_store.FAILED,
+                error=(outcome.error or "")[:500],
             )
     return outcome
 
@@ -391,4 +416,4 @@ def settle_session(engine: sa.Engine, session_id: str) -> str:
     """Final status and refunds for the models that failed (each refunded what it was
     charged, at most once)."""
     with engine.begin() as conn:
-        return queue.finish_session(conn, session_id)
+        return on_demand_store.finish_session(conn, session_id)

@@ -10,8 +10,7 @@ from prediction_pipeline.core.deltas import Mover
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.partitions import daily_partitions
 from prediction_pipeline.resources import AppDatabase
-from prediction_pipeline.services.deltas import snapshot_deltas
-from prediction_pipeline.store import deltas as delta_store
+from prediction_pipeline.services.deltas import InvalidPriceError, delta_quality, snapshot_deltas
 
 
 class DeltasConfig(RunConfig):
@@ -70,11 +69,10 @@ def prediction_deltas(
             exclude_categories=config.exclude_categories,
             chunk_size=config.chunk_size,
         )
-    except delta_store.InvalidPriceError as error:  # bad data: a retry cannot fix it
+    except InvalidPriceError as error:  # bad data: a retry cannot fix it
         raise dg.Failure(str(error), allow_retries=False) from error
     context.log.info(f"{day}: {summary.rows} deltas in {summary.statements} statements")
-    with engine.connect() as conn:
-        quality = delta_store.delta_quality(conn, day)
+    quality = delta_quality(engine, day)
     return dg.MaterializeResult(
         metadata={
             "deltas": summary.rows,

@@ -5,11 +5,11 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
-from prediction_pipeline.core.markets import Market, MarketBatch
-from prediction_pipeline.defs.markets.checks import CHECK_SPECS, evaluate_checks
+from prediction_pipeline.core.markets import Market
+from prediction_pipeline.defs.markets.checks import CHECK_SPECS, check_results
 from prediction_pipeline.partitions import daily_partitions
 from prediction_pipeline.resources import AppDatabase, MarketSourceResource
-from prediction_pipeline.store import markets as market_store
+from prediction_pipeline.services import markets as market_service
 
 RETRY = dg.RetryPolicy(
     max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -48,47 +48,29 @@ def markets(
     context: dg.AssetExecutionContext, app_db: AppDatabase, market_source: MarketSourceResource
 ) -> dg.MaterializeResult:
     day = dt.date.fromisoformat(context.partition_key)
-    source = market_source.open()
-    active = source.fetch_active(day)
-    for skipped in active.skipped:
+    ingest = market_service.ingest_day(app_db.engine(), market_source.open(), day)
+    for skipped in ingest.skipped:
         context.log.warning(f"skipped market {skipped.source_id}: {skipped.reason}")
-
-    # Markets that left the active list still need their closing and resolution recorded.
-    active_ids = [m.source_id for m in active.markets]
-    with app_db.connect() as conn:
-        to_refresh = market_store.unsettled_source_ids(conn, source.name, active_ids)
-    refreshed = source.lookup(to_refresh, day) if to_refresh else MarketBatch()
-    for skipped in refreshed.skipped:
-        context.log.warning(f"skipped market {skipped.source_id}: {skipped.reason}")
-
-    batch = active.markets + refreshed.markets
-    with app_db.begin() as conn:
-        counts = market_store.ingest_markets(conn, batch, day)
-    for skipped in counts.rejected:
-        context.log.warning(f"skipped market {skipped.source_id}: {skipped.reason}")
-    with app_db.connect() as conn:
-        check_results = evaluate_checks(conn, day)
-    skipped_total = len(active.skipped) + len(refreshed.skipped) + len(counts.rejected)
-    stored = len(batch) - len(counts.rejected)
+    counts = ingest.counts
     context.log.info(
-        f"{day}: {stored} markets ({counts.new} new, {counts.updated} updated, "
-        f"{counts.closed} closed, {counts.resolved} resolved), {skipped_total} skipped"
+        f"{day}: {ingest.stored} markets ({counts.new} new, {counts.updated} updated, "
+        f"{counts.closed} closed, {counts.resolved} resolved), {len(ingest.skipped)} skipped"
     )
     return dg.MaterializeResult(
-        check_results=check_results,
+        check_results=check_results(market_service.day_quality(app_db.engine(), day)),
         metadata={
-            "source": source.name,
-            "markets": stored,
+            "source": ingest.source,
+            "markets": ingest.stored,
             "new": counts.new,
             "updated": counts.updated,
             "unchanged": counts.unchanged,
             "closed": counts.closed,
             "resolved": counts.resolved,
-            "skipped": skipped_total,
+            "skipped": len(ingest.skipped),
             "truncated": counts.truncated,  # stored with a value cut to fit its column
-            "looked_up": len(to_refresh),
+            "looked_up": ingest.looked_up,
             "stale_not_overwritten": counts.stale,
             "snapshots": counts.snapshots,
-            "preview": dg.MetadataValue.md(_preview(batch)),
+            "preview": dg.MetadataValue.md(_preview(ingest.markets)),
         },
     )

@@ -1,12 +1,9 @@
 """Data-quality checks on each day of `markets`, evaluated in the run that writes the day
 (check specs on the asset: partitioned standalone checks are still a preview in 1.13)."""
 
-import datetime as dt
-
 import dagster as dg
-import sqlalchemy as sa
 
-from prediction_pipeline.store import markets as market_store
+from prediction_pipeline.services.markets import MarketDayQuality
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -28,29 +25,25 @@ CHECK_SPECS = [
 ]
 
 
-def evaluate_checks(conn: sa.Connection, day: dt.date) -> list[dg.AssetCheckResult]:
-    out_of_range = market_store.snapshot_prices_out_of_range(conn, day)
-    duplicates = market_store.duplicate_snapshots(conn, day)
-    missing = market_store.markets_missing_snapshot(conn, day)
-    empty = market_store.markets_without_question(conn)
+def check_results(quality: MarketDayQuality) -> list[dg.AssetCheckResult]:
     return [
         dg.AssetCheckResult(
             check_name="snapshot_prices_in_range",
-            passed=out_of_range == 0,
-            metadata={"out_of_range": out_of_range},
+            passed=quality.out_of_range == 0,
+            metadata={"out_of_range": quality.out_of_range},
         ),
         dg.AssetCheckResult(
             check_name="one_snapshot_per_market_and_day",
-            passed=duplicates == 0 and missing == 0,
+            passed=quality.duplicates == 0 and quality.missing == 0,
             metadata={
-                "snapshots": market_store.snapshot_count(conn, day),
-                "duplicates": duplicates,
-                "missing": missing,
+                "snapshots": quality.snapshots,
+                "duplicates": quality.duplicates,
+                "missing": quality.missing,
             },
         ),
         dg.AssetCheckResult(
             check_name="every_market_has_a_question",
-            passed=empty == 0,
-            metadata={"empty_questions": empty},
+            passed=quality.empty_questions == 0,
+            metadata={"empty_questions": quality.empty_questions},
         ),
     ]

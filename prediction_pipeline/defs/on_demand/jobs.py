@@ -8,6 +8,7 @@ Failure is visible: a request whose prediction failed, or a session with a faile
 in a failed run (red in the UI, seen by `run_failure_alerts` and its webhook) after the row has
 recorded the error and the refund. The session still settles and notifies first: the failing
 step is the last one, `verdict`, so a model's failure never skips the refund or the email.
+The ops only wire config and resources to services.on_demand and services.sessions.
 
 Forecasters are built with the app database as `limits_engine`: a request or session shares
 its model's rate and in-flight budget with the batch and every other run (store.model_limits).
@@ -18,8 +19,6 @@ from functools import partial
 import dagster as dg
 from pydantic import Field
 
-from prediction_pipeline.clients.email import OutgoingEmail, envelope_address
-from prediction_pipeline.core.notifications import session_message, session_summary
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import (
     AppDatabase,
@@ -27,10 +26,7 @@ from prediction_pipeline.resources import (
     EmailTransportResource,
     Forecasters,
 )
-from prediction_pipeline.services import on_demand
-from prediction_pipeline.store import markets as market_store
-from prediction_pipeline.store import on_demand as queue
-from prediction_pipeline.store import users as user_store
+from prediction_pipeline.services import on_demand, sessions
 
 RETRY = dg.RetryPolicy(
     max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -146,66 +142,19 @@ def notify(
     email_transport: EmailTransportResource,
     digest_settings: DigestSettings,
 ) -> None:
-    """Email the user once: the message is built first, then claimed, then sent; the claim
-    is released on any failure after it, so the op's retry sends it (a message that cannot be
-    built is never claimed, and a retry cannot mistake it for one already sent)."""
-    engine = app_db.engine()
-    with engine.connect() as conn:
-        session = queue.get_session(conn, config.session_id)
-        user = user_store.get_user_by_id(conn, session.user_id)
-        market = market_store.get_market(conn, session.market_id)
-    claimed = False
-    if session.notified_at is None:
-        outgoing = _session_email(session, user.email, market, digest_settings)
-        with engine.begin() as conn:
-            claimed = queue.mark_notified(conn, config.session_id)
-    if not claimed:
-        context.log.info(f"session {config.session_id}: already notified")
-        return
-    try:
-        mail = email_transport.open().session()
-        try:
-            mail.send(outgoing)
-        finally:
-            mail.close()
-    except BaseException:
-        with engine.begin() as conn:
-            queue.release_notification(conn, config.session_id)
-        raise
-    context.log.info(f"session {config.session_id}: notified {user.email} ({status})")
-
-
-def _session_email(session, recipient: str, market, digest_settings: DigestSettings):
-    """The notification as it goes to the transport (raises if it cannot be built)."""
-    probabilities = {
-        m: entry["probability"]
-        for m, entry in session.progress.items()
-        if entry.get("probability") is not None
-    }
-    subject, body = session_summary(
-        question=market.question,
-        status=session.status,
-        models=session.models,
-        progress=session.progress,
-        probabilities=probabilities,
-        credits_charged=session.credits_charged,
-        credits_refunded=session.credits_refunded,
-        market_price=market.yes_price,
-    )
-    message_id = f"<session-{session.id}@{digest_settings.message_id_domain}>"
-    data = session_message(
-        subject,
-        body,
+    """Email the user once (services.sessions.notify_session): a failure releases the claim,
+    so the op's retry sends it; an already-notified session is not sent again."""
+    notice = sessions.notify_session(
+        app_db.engine(),
+        config.session_id,
+        email_transport.open,
         sender=digest_settings.sender,
-        recipient=recipient,
-        message_id=message_id,
+        message_id_domain=digest_settings.message_id_domain,
     )
-    return OutgoingEmail(
-        sender=envelope_address(digest_settings.sender),
-        recipient=recipient,
-        message_id=message_id,
-        data=data,
-    )
+    if notice.sent:
+        context.log.info(f"session {config.session_id}: notified {notice.recipient} ({status})")
+    else:
+        context.log.info(f"session {config.session_id}: already notified")
 
 
 @dg.op(ins={"status": dg.In(str), "notified": dg.In(dg.Nothing)})
@@ -213,18 +162,14 @@ def verdict(
     context: dg.OpExecutionContext, config: SessionConfig, status: str, app_db: AppDatabase
 ):
     """Fail the run when a model of the session failed (after settle and notify)."""
-    with app_db.connect() as conn:
-        session = queue.get_session(conn, config.session_id)
-    failed = {
-        model: entry.get("error") or entry.get("status")
-        for model, entry in session.progress.items()
-        if entry.get("status") != queue.SUCCEEDED
-    }
-    if status != queue.COMPLETED or failed:
-        details = "; ".join(f"{model}: {error}" for model, error in failed.items())
+    outcome = sessions.session_verdict(app_db.engine(), config.session_id, status)
+    if not outcome.succeeded:
         raise dg.Failure(
-            f"session {config.session_id} ended {status}: {details or session.error}",
-            metadata={"session_id": config.session_id, "failed_models": sorted(failed)},
+            f"session {config.session_id} ended {status}: {outcome.detail}",
+            metadata={
+                "session_id": config.session_id,
+                "failed_models": sorted(outcome.failed_models),
+            },
             allow_retries=False,
         )
     context.log.info(f"session {config.session_id}: every model succeeded")

@@ -7,8 +7,7 @@ import dagster as dg
 
 from prediction_pipeline.defs.on_demand.jobs import prediction_request_job, prediction_session_job
 from prediction_pipeline.resources import AlertSettings, AppDatabase
-from prediction_pipeline.services import alerts
-from prediction_pipeline.store import on_demand as queue
+from prediction_pipeline.services import alerts, on_demand, recovery
 
 REQUEST_TAG = "prediction_pipeline/request_id"
 SESSION_TAG = "prediction_pipeline/session_id"
@@ -18,10 +17,8 @@ SESSION_MAX_RUNTIME_SECONDS = 30 * 60
 # The daemon visits sensors every ~5 s and skips one whose last tick began less than its
 # minimum interval ago; an interval of 5 s would then tick only every other visit (~10 s).
 QUEUE_SENSOR_INTERVAL_SECONDS = 1
-# A user is waiting: on-demand runs go ahead of queued batch runs in the run queue.
+# A user is waiting: on-demand runs go ahead of queued batch runs in the run on_demand_store.
 ON_DEMAND_PRIORITY = "10"
-MAX_LAUNCHES = 3  # a request or session whose runs died this many times fails, refunded
-RECOVERY_GRACE_SECONDS = 120  # leave young rows to their sensor and run
 # Every op of prediction_session_job takes the session id as config.
 SESSION_OPS = ("research", "predict_model", "settle", "notify", "verdict")
 
@@ -52,8 +49,7 @@ def prediction_requests_sensor(context: dg.SensorEvaluationContext, app_db: AppD
     ticks. No `dagster/partition/model` tag: a request must not queue behind its model's
     daily batch (the per-model run limit of dagster.yaml); its calls share the model's
     provider budget with the batch through the app database instead (store.model_limits)."""
-    with app_db.connect() as conn:
-        rows = queue.queued_requests(conn, limit=100)
+    rows = on_demand.queued_requests(app_db.engine(), limit=100)
     if not rows:
         return dg.SkipReason("no queued requests")
     return [
@@ -78,8 +74,7 @@ def prediction_requests_sensor(context: dg.SensorEvaluationContext, app_db: AppD
 )
 def prediction_sessions_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase):
     """One run per queued session (its model steps share the provider pool)."""
-    with app_db.connect() as conn:
-        rows = queue.queued_sessions(conn, limit=100)
+    rows = on_demand.queued_sessions(app_db.engine(), limit=100)
     if not rows:
         return dg.SkipReason("no queued sessions")
     requests = []
@@ -100,45 +95,29 @@ def prediction_sessions_sensor(context: dg.SensorEvaluationContext, app_db: AppD
     return requests
 
 
-def recover(instance: dg.DagsterInstance, engine, now: dt.datetime, log=None) -> dict:
-    """Requeue requests and sessions whose run died (failed, canceled, lost, or killed by run
-    monitoring after hanging), or fail them with a refund after MAX_LAUNCHES launches.
-    Never charges twice (debits happen once, at creation) and never duplicates a prediction
-    (requests and (session, model) pairs are unique in `predictions`)."""
-    counts = {"requeued": 0, "failed": 0, "alive": 0}
-    with engine.connect() as conn:
-        items = queue.unfinished_items(conn)
-    for kind, item_id, status, updated_at, launches in items:
-        if (now - updated_at).total_seconds() < RECOVERY_GRACE_SECONDS:
-            continue
-        tag = REQUEST_TAG if kind == "request" else SESSION_TAG
+def last_run_lookup(instance: dg.DagsterInstance) -> recovery.LastRunLookup:
+    """The newest run of a request or session, found by the tag its sensor gave it."""
+
+    def last_run(kind: str, item_id: str) -> recovery.LastRun | None:
+        tag = REQUEST_TAG if kind == recovery.REQUEST else SESSION_TAG
         runs = instance.get_runs(filters=dg.RunsFilter(tags={tag: item_id}), limit=1)
-        run = runs[0] if runs else None
-        if run is not None and run.status in ALIVE:
-            counts["alive"] += 1
-            continue
-        if run is None and status == queue.QUEUED:
-            continue  # not launched yet: its sensor will (or is turned off)
-        reason = f"run {run.run_id} ended {run.status.value}" if run else "no run found"
-        with engine.begin() as conn:
-            if launches + 1 < MAX_LAUNCHES:
-                # False when it finished since `items` was read: nothing to recover.
-                counts["requeued"] += queue.requeue(conn, kind, item_id)
-            elif kind == "request":
-                queue.finish_request(conn, item_id, prediction_id=None, error=f"gave up: {reason}")
-                counts["failed"] += 1
-            else:
-                queue.fail_session(conn, item_id, f"gave up: {reason}")
-                counts["failed"] += 1
-        if log:
-            log.warning(f"{kind} {item_id}: {reason}; launches={launches + 1}")
-    return counts
+        if not runs:
+            return None
+        run = runs[0]
+        return recovery.LastRun(run.run_id, run.status.value, alive=run.status in ALIVE)
+
+    return last_run
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def on_demand_recovery_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase):
     """Finds requests and sessions whose run died or hung and re-launches or fails them."""
-    counts = recover(context.instance, app_db.engine(), dt.datetime.now(dt.UTC), context.log)
+    counts = recovery.recover_dead_work(
+        app_db.engine(),
+        last_run_lookup(context.instance),
+        dt.datetime.now(dt.UTC),
+        log=context.log.warning,
+    )
     return dg.SkipReason(json.dumps(counts))
 
 
@@ -158,27 +137,17 @@ def run_failure_alerts(
     error = "; ".join(
         f"{event.step_key}: {event.event_specific_data.error.message.strip()}" for event in steps
     ) or (context.failure_event.message or "run failed")
-    partition = run.tags.get("dagster/partition")
-    url = f"{alert_settings.dagster_url.rstrip('/')}/runs/{run.run_id}"
-    webhook = alert_settings.webhook_url
-    channels = ["log"] + (["webhook"] if webhook else [])
-    with app_db.begin() as conn:
-        alert_id = queue.record_alert(
-            conn,
-            run_id=run.run_id,
-            job_name=run.job_name,
-            partition_key=partition,
-            error=error,
-            run_url=url,
-            notified_via=",".join(channels),
-            deliver=bool(webhook),
-        )
-    if alert_id is None:
-        return
-    alert = alerts.Alert(alert_id, run.run_id, run.job_name, partition, error, url)
-    context.log.error(alert.text)
-    if webhook:
-        alerts.deliver(app_db.engine(), alert, webhook, seen_attempts=0, log=context.log.warning)
+    alerts.report_run_failure(
+        app_db.engine(),
+        run_id=run.run_id,
+        job_name=run.job_name,
+        partition_key=run.tags.get("dagster/partition"),
+        error=error,
+        run_url=alert_settings.run_url(run.run_id),
+        webhook=alert_settings.webhook(),
+        log_error=context.log.error,
+        log_warning=context.log.warning,
+    )
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -187,12 +156,10 @@ def alert_delivery_retries(
 ):
     """Re-sends run-failure alerts whose webhook POST failed, with a growing pause, at most
     `MAX_ALERT_ATTEMPTS` times each (the row keeps the attempts and the last error)."""
-    if not alert_settings.webhook_url:
+    webhook = alert_settings.webhook()
+    if webhook is None:
         return dg.SkipReason("no alert webhook configured")
     counts = alerts.retry_undelivered(
-        app_db.engine(),
-        alert_settings.webhook_url,
-        dt.datetime.now(dt.UTC),
-        log=context.log.warning,
+        app_db.engine(), webhook, dt.datetime.now(dt.UTC), log=context.log.warning
     )
     return dg.SkipReason(json.dumps(counts))

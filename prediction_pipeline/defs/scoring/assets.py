@@ -10,8 +10,8 @@ from pydantic import Field
 from prediction_pipeline.core.scoring import calibration_chart
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import AppDatabase
-from prediction_pipeline.services.leaderboard import build_leaderboard
-from prediction_pipeline.store import scoring as score_store
+from prediction_pipeline.services.leaderboard import refresh_leaderboard
+from prediction_pipeline.services.scoring import score_predictions
 
 
 class ScoringConfig(RunConfig):
@@ -32,15 +32,13 @@ class ScoringConfig(RunConfig):
 def forecast_scores(
     context: dg.AssetExecutionContext, config: ScoringConfig, app_db: AppDatabase
 ) -> dg.MaterializeResult:
-    with app_db.begin() as conn:
-        scored = score_store.score_resolutions(conn, rescore_all=config.rescore_all)
-        excluded = score_store.excluded_prediction_counts(conn)
-    context.log.info(f"scored {scored.rows} predictions; excluded {excluded}")
+    scored = score_predictions(app_db.engine(), rescore_all=config.rescore_all)
+    context.log.info(f"scored {scored.newly_scored} predictions; excluded {scored.excluded}")
     return dg.MaterializeResult(
         metadata={
-            "newly_scored": scored.rows,
-            "resolved_markets": scored.markets,
-            **excluded,
+            "newly_scored": scored.newly_scored,
+            "resolved_markets": scored.resolved_markets,
+            **scored.excluded,
         }
     )
 
@@ -124,10 +122,7 @@ def _per_model_floats(overall: pd.DataFrame) -> dict[str, dg.MetadataValue]:
 def model_leaderboard(
     context: dg.AssetExecutionContext, app_db: AppDatabase
 ) -> dg.MaterializeResult:
-    with app_db.connect() as conn:
-        board = build_leaderboard(conn)
-    with app_db.begin() as conn:
-        score_store.replace_leaderboard(conn, board.rows)
+    board = refresh_leaderboard(app_db.engine())
     overall = board.dimension("overall")
     if overall.empty:
         return dg.MaterializeResult(
