@@ -29,7 +29,7 @@ from prediction_pipeline.store import models as model_store
 AC = dg.AutomationCondition
 
 # The chain's latency is a few of these; each tick is a few cheap queries.
-AUTOMATION_INTERVAL_SECONDS = 15
+AUTOMATION_INTERVAL_SECONDS = 10
 
 # The markets metadata entry that counts markets that became resolved in that run.
 RESOLVED_METADATA_KEY = "resolved"
