@@ -3,6 +3,7 @@ the resources configured from the environment."""
 
 import dagster as dg
 
+from prediction_pipeline.defs.automation import automation_sensor
 from prediction_pipeline.defs.deltas import definitions as deltas
 from prediction_pipeline.defs.digests import definitions as digests
 from prediction_pipeline.defs.markets import definitions as markets
@@ -18,6 +19,8 @@ defs = dg.Definitions.merge(
     scoring.defs,
     digests.defs,
     on_demand.defs,
+    # The daily chain after markets (defs/automation.py).
+    dg.Definitions(sensors=[automation_sensor]),
     # Most runs are one step (a partition, a request): run steps in the run worker instead of
     # starting a process per step. Jobs that fan out (sessions) choose multiprocess.
     dg.Definitions(resources=default_resources(), executor=dg.in_process_executor),

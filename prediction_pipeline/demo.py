@@ -1,17 +1,29 @@
 """`make demo`: run the daily pipeline on the offline defaults into $DAGSTER_HOME.
 
-Runs go through the code location's own jobs on the real instance, so they show up in the
-UI (Runs, Assets) afterwards. Two weeks of history are materialized first (markets and the
-built-in models' predictions), so the momentum baseline has a trend to follow, deltas have
-predictions to compare, and markets resolve for the leaderboard.
+Runs go through the code location's own jobs on the real instance, executed in this process
+but created with the code location's origin (see `launch`), so they show up in the UI
+afterwards: Runs, Assets, each job's Runs tab and the Overview timeline. Two weeks of history
+are materialized first (markets and the built-in models' predictions), so the momentum
+baseline has a trend to follow, deltas have predictions to compare, and markets resolve for
+the leaderboard.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Mapping
 
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.execution.api import execute_run
+from dagster._core.execution.job_execution_result import JobExecutionResult
+from dagster._core.remote_origin import (
+    ManagedGrpcPythonEnvCodeLocationOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from prediction_pipeline.definitions import defs
 from prediction_pipeline.partitions import add_model_partitions
@@ -20,6 +32,48 @@ from prediction_pipeline.store import scoring as score_store
 
 # Keep the demo's console readable: the UI has the full event log.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+# The code location as workspace.yaml and pyproject.toml ([tool.dagster]) name it.
+DEFINITIONS_MODULE = "prediction_pipeline.definitions"
+LOCATION_NAME = "prediction_pipeline"
+
+
+def repository_origin() -> RemoteRepositoryOrigin:
+    """Where the UI finds this code location's jobs. A run created with it carries the tag
+    `.dagster/repository` = `<repository>@<location>`, which the UI's job pages filter by
+    (`RunsFilter(job_name=..., tags={".dagster/repository": ...})`): runs of
+    `execute_in_process` have no origin and show only in the global Runs list."""
+    target = LoadableTargetOrigin(
+        executable_path=sys.executable,
+        module_name=DEFINITIONS_MODULE,
+        working_directory=os.getcwd(),
+    )
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, location_name=LOCATION_NAME)
+    return RemoteRepositoryOrigin(location, defs.get_repository_def().name)
+
+
+def launch(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    partition_key: str | None = None,
+    run_config: Mapping | None = None,
+) -> JobExecutionResult:
+    """Create a run of `job_name` as the UI would (the location's origin, the partition's tags)
+    and execute it here, in this process (the location's executor is in-process)."""
+    recon_job = ReconstructableRepository.for_module(
+        DEFINITIONS_MODULE, "defs", working_directory=os.getcwd()
+    ).get_reconstructable_job(job_name)
+    job = defs.resolve_job_def(job_name)
+    tags = job.get_tags_for_partition_key(partition_key, None) if partition_key else {}
+    run = instance.create_run_for_job(
+        job_def=job,
+        run_config=run_config,
+        tags=tags,
+        remote_job_origin=repository_origin().get_job_origin(job_name),
+        job_code_origin=recon_job.get_python_origin(),
+    )
+    return execute_run(recon_job, run, instance, raise_on_error=False)
+
 
 Echo = Callable[[str], None]
 
@@ -40,14 +94,8 @@ class Demo:
         self.instance = instance or dg.DagsterInstance.get()
         self.ok = True
 
-    def run(self, job: str, partition_key=None, **kwargs) -> dg.ExecuteInProcessResult:
-        result = defs.resolve_job_def(job).execute_in_process(
-            partition_key=partition_key,
-            instance=self.instance,
-            raise_on_error=False,
-            run_config=QUIET,
-            **kwargs,
-        )
+    def run(self, job: str, partition_key=None) -> JobExecutionResult:
+        result = launch(self.instance, job, partition_key, run_config=QUIET)
         if not result.success:
             self.ok = False
             failure = result.get_step_failure_events()
@@ -174,7 +222,7 @@ def seed_demo_users(engine, echo: Echo) -> None:
     )
 
 
-def _metadata(result: dg.ExecuteInProcessResult, node: str) -> dict:
+def _metadata(result: JobExecutionResult, node: str) -> dict:
     events = result.asset_materializations_for_node(node)
     return {k: v.value for k, v in events[0].metadata.items()} if events else {}
 

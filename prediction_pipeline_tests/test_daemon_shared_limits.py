@@ -164,7 +164,7 @@ def test_requests_run_beside_the_batch_within_one_budget(tmp_path):
 
 
 def launch_batch(env: dict[str, str], day: str) -> str:
-    """Submit today's run of M to the run queue with the tags `predictions_daily` gives it."""
+    """Submit today's run of M to the run queue with the tags every (day, model) run carries."""
     partition = f"{day}|{MODEL}"
     tags = {
         "dagster/partition": partition,

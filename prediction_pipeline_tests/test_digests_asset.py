@@ -540,19 +540,6 @@ def test_the_ledger_refuses_a_second_row_for_a_user_and_day(engine, world):
         assert digest_store.duplicate_sent(conn, PREV) == 0
 
 
-def test_the_daily_schedule_targets_todays_partition():
-    from prediction_pipeline.definitions import defs
-
-    schedule = defs.resolve_schedule_def("digests_daily")
-    context = dg.build_schedule_context(
-        scheduled_execution_time=dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
-    )
-    requests = list(schedule.evaluate_tick(context).run_requests or [])
-    assert [r.partition_key for r in requests] == ["2026-11-02"]
-    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 8 * * *", "UTC")
-    assert schedule.job_name == "digests_job"
-
-
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_no_secret_in_logs_or_metadata(database_url, engine, world, instance):
     password = "sm7p-p4ss-w0rd"

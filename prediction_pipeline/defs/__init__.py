@@ -11,3 +11,12 @@ warnings.filterwarnings(
 )
 # Dagster's own run_failure_sensor passes `owners` (beta) to SensorDefinition: not ours.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message="Parameter `owners`")
+# Two more beta APIs we choose deliberately: the explicit (day, model) -> day partition mapping,
+# and an automation sensor evaluated in the code server (defs/automation.py: its conditions
+# read the model registry).
+warnings.filterwarnings(
+    "ignore", category=dg.BetaWarning, message="Class `MultiToSingleDimensionPartitionMapping`"
+)
+warnings.filterwarnings(
+    "ignore", category=dg.BetaWarning, message="Parameter `use_user_code_server`"
+)

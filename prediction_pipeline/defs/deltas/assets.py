@@ -7,6 +7,7 @@ import pandas as pd
 from pydantic import Field
 
 from prediction_pipeline.core.deltas import Mover
+from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.partitions import daily_partitions
 from prediction_pipeline.resources import AppDatabase
@@ -40,7 +41,19 @@ CHECK_SPECS = [
 
 @dg.asset(
     partitions_def=daily_partitions,
-    deps=["markets", "predictions"],
+    # The day's markets (prices), and every model's predictions of the day: a delta row is
+    # written for predictions up to `days_lookback` days back, but the day's own predictions
+    # are the ones that change when this partition is due.
+    deps=[
+        "markets",
+        dg.AssetDep(
+            "predictions",
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                partition_dimension_name="day"
+            ),
+        ),
+    ],
+    automation_condition=automation.DELTAS,
     group_name="evaluation",
     kinds={"sql"},
     check_specs=CHECK_SPECS,

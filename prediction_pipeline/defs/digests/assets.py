@@ -5,6 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from prediction_pipeline.clients.http_retry import RetryPolicy
+from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.digests.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.digests.config import DigestsConfig
 from prediction_pipeline.partitions import daily_partitions
@@ -65,7 +66,18 @@ def _preview(report: DeliveryReport) -> str:
     partitions_def=daily_partitions,
     # The same day's markets, predictions (each (day, model) partition of the day maps onto
     # this day) and deltas; the scores of resolved markets.
-    deps=["markets", "predictions", "prediction_deltas", "forecast_scores"],
+    deps=[
+        "markets",
+        dg.AssetDep(
+            "predictions",
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                partition_dimension_name="day"
+            ),
+        ),
+        "prediction_deltas",
+        "forecast_scores",
+    ],
+    automation_condition=automation.DIGESTS,
     group_name="digests",
     kinds={"python", "sql", "email"},
     retry_policy=RETRY,

@@ -1,4 +1,5 @@
-"""Ingest today's markets every morning (UTC)."""
+"""Ingest today's markets every morning (UTC): the one schedule of the daily chain. What
+follows (predictions, deltas, digests, scores) is started by the data, see defs/automation.py."""
 
 import dagster as dg
 

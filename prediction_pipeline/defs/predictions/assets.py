@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from prediction_pipeline.core.selection import select_markets
+from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.predictions.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.predictions.config import PredictionsConfig
 from prediction_pipeline.partitions import model_day_partitions, parse_model_day_key
@@ -53,8 +54,16 @@ def _preview(engine, model: str, day: dt.date) -> str:
 
 @dg.asset(
     partitions_def=model_day_partitions,
-    # Dagster maps each (day, model) partition to the `markets` partition of the same day.
-    deps=["markets"],
+    # Each (day, model) partition reads the `markets` partition of its day.
+    deps=[
+        dg.AssetDep(
+            "markets",
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                partition_dimension_name="day"
+            ),
+        )
+    ],
+    automation_condition=automation.PREDICTIONS,
     group_name="predictions",
     kinds={"python", "sql"},
     retry_policy=RETRY,

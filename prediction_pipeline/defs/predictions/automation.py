@@ -1,5 +1,6 @@
-"""The daily schedule (one run per enabled model for today) and the sensor that keeps the
-`models` dynamic partitions in step with the registry."""
+"""The predictions job (operators, backfills; today's partitions are started by
+`pipeline_automation`, defs/automation.py) and the sensor that keeps the `models` dynamic
+partitions in step with the registry."""
 
 import dagster as dg
 
@@ -15,36 +16,6 @@ predictions_job = dg.define_asset_job(
     description="Forecast one (day, model) partition: one run per pair, so per-model run "
     "limits apply (tag dagster/partition/model).",
 )
-
-
-def _sync_model_partitions(instance: dg.DagsterInstance, slugs: list[str]) -> list[str]:
-    existing = set(instance.get_dynamic_partitions(model_partitions.name))
-    missing = [slug for slug in slugs if slug not in existing]
-    if missing:
-        instance.add_dynamic_partitions(model_partitions.name, missing)
-    return missing
-
-
-@dg.schedule(
-    job=predictions_job,
-    cron_schedule="0 7 * * *",  # after markets_daily (06:00 UTC) has landed today's markets
-    execution_timezone="UTC",
-    name="predictions_daily",
-)
-def predictions_daily(context: dg.ScheduleEvaluationContext, app_db: AppDatabase):
-    day = context.scheduled_execution_time.date().isoformat()
-    with app_db.connect() as conn:
-        enabled = [m.slug for m in model_store.list_models(conn, enabled_only=True)]
-    if not enabled:
-        return dg.SkipReason("no enabled model in the registry")
-    _sync_model_partitions(context.instance, enabled)
-    return [
-        dg.RunRequest(
-            run_key=f"{day}|{slug}",
-            partition_key=dg.MultiPartitionKey({"day": day, "model": slug}),
-        )
-        for slug in enabled
-    ]
 
 
 @dg.sensor(

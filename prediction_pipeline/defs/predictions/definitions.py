@@ -3,13 +3,11 @@ import dagster as dg
 from prediction_pipeline.defs.predictions.assets import predictions
 from prediction_pipeline.defs.predictions.automation import (
     model_registry_sensor,
-    predictions_daily,
     predictions_job,
 )
 
 defs = dg.Definitions(
     assets=dg.with_source_code_references([predictions]),
     jobs=[predictions_job],
-    schedules=[predictions_daily],
     sensors=[model_registry_sensor],
 )

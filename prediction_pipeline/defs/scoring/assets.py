@@ -8,6 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from prediction_pipeline.core.scoring import calibration_chart
+from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import AppDatabase
 from prediction_pipeline.services.leaderboard import refresh_leaderboard
@@ -21,7 +22,12 @@ class ScoringConfig(RunConfig):
 
 
 @dg.asset(
-    deps=["markets", "predictions"],
+    # Every resolved market and every prediction on it, whatever its day.
+    deps=[
+        dg.AssetDep("markets", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("predictions", partition_mapping=dg.AllPartitionMapping()),
+    ],
+    automation_condition=automation.SCORES,
     group_name="evaluation",
     kinds={"pandas", "sql"},
     description=(
@@ -107,6 +113,7 @@ def _per_model_floats(overall: pd.DataFrame) -> dict[str, dg.MetadataValue]:
 
 @dg.asset(
     deps=[forecast_scores],
+    automation_condition=automation.LEADERBOARD,
     group_name="evaluation",
     kinds={"pandas", "sql"},
     description=(
