@@ -45,7 +45,6 @@ from prediction_pipeline.clients.openrouter import (
     OpenRouterClient,
     OpenRouterCreditsError,
     OpenRouterForbiddenError,
-    OpenRouterForecaster,
 )
 from prediction_pipeline.clients.rate_limit import ModelLimiter
 from prediction_pipeline.core.digests import (
@@ -55,7 +54,11 @@ from prediction_pipeline.core.digests import (
     DEV_UNSUBSCRIBE_SECRET,
     DigestRenderer,
 )
-from prediction_pipeline.services.forecasters import BuiltinForecaster, Forecaster
+from prediction_pipeline.services.forecasters import (
+    BuiltinForecaster,
+    Forecaster,
+    OpenRouterForecaster,
+)
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store.db import data_dir, default_database_url, make_engine, safe_url
 from prediction_pipeline.store.model_limits import SharedModelBudget

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from prediction_pipeline.clients.http_retry import RetryStats
 from prediction_pipeline.core.forecast import MarketContext
-from prediction_pipeline.services.forecasters import Forecaster, close_forecaster
+from prediction_pipeline.services.forecasters import Forecaster
 from prediction_pipeline.services.spend import SpendCapReached, SpendGuard
 from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store import spend as spend_store
@@ -226,7 +226,7 @@ async def run_predictions(
     try:
         await asyncio.gather(*(worker() for _ in range(workers)))
     finally:
-        await close_forecaster(forecaster)
+        await forecaster.aclose()
     with engine.connect() as conn:
         report.day_spent_usd = spend_store.spent_usd(conn, task.model, task.day)
     report.elapsed_s = time.monotonic() - started
