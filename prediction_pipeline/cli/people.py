@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from prediction_pipeline.cli.base import Context, main
 from prediction_pipeline.cli.csv_input import read_rows
-from prediction_pipeline.core.digests import normalize_email
+from prediction_pipeline.core.email_addresses import normalize_email
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import users as user_store
 

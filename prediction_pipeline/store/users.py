@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from prediction_pipeline.core.digests import clean_name, normalize_email
+from prediction_pipeline.core.email_addresses import clean_name, normalize_email
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.markets import get_market
 from prediction_pipeline.store.tables import (
