@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
+from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import (
     market_snapshots,
@@ -33,7 +34,7 @@ def candidate_markets(conn: sa.Connection, day: dt.date) -> list[sa.Row]:
             market_snapshots.c.volume,
         )
         .join(market_snapshots, market_snapshots.c.market_id == markets.c.id)
-        .where(market_snapshots.c.day == day, market_snapshots.c.status == "open")
+        .where(market_snapshots.c.day == day, market_snapshots.c.status == MarketStatus.OPEN.value)
     )
     return list(conn.execute(query))
 
