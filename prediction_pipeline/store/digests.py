@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from prediction_pipeline.core.batching import SQL_BATCH, batched
 from prediction_pipeline.core.digests import (
     MarketState,
     ModelForecast,
@@ -54,15 +55,9 @@ PENDING, SENT, FAILED, SKIPPED = "pending", "sent", "failed", "skipped"
 MIN_LEASE = dt.timedelta(minutes=1)
 TRANSIENT, PERMANENT = "transient", "permanent"
 NOTHING_NEW, OPTED_OUT = "nothing_new", "opted_out"
-_CHUNK = 500
 _ERROR_CHARS = 2000
 
 d = digest_deliveries.c
-
-
-def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # -- who gets a digest --------------------------------------------------------------------
@@ -107,7 +102,7 @@ class Delivery:
 def deliveries(conn: sa.Connection, day: dt.date, user_ids: Sequence[int]) -> dict[int, Delivery]:
     found: dict[int, Delivery] = {}
     live = sa.case((d.lease_expires_at > _db_now(conn), 1), else_=0).label("lease_live")
-    for chunk in _chunks(user_ids):
+    for chunk in batched(user_ids, SQL_BATCH):
         query = (
             sa.select(
                 d.user_id, d.status, d.attempts, d.error_kind, d.run_id, d.claim_token, d.claimed_at
@@ -125,7 +120,7 @@ def previous_digests(
 ) -> dict[int, PreviousDigest]:
     """Each user's latest digest sent for a day before `day`."""
     found: dict[int, PreviousDigest] = {}
-    for chunk in _chunks(user_ids):
+    for chunk in batched(user_ids, SQL_BATCH):
         latest = (
             sa.select(d.user_id, sa.func.max(d.day).label("day"))
             .where(d.user_id.in_(chunk), d.day < day, d.status == SENT)
@@ -142,7 +137,7 @@ def previous_digests(
 
 def watch_items(conn: sa.Connection, user_ids: Sequence[int]) -> dict[int, list[WatchItem]]:
     found: dict[int, list[WatchItem]] = defaultdict(list)
-    for chunk in _chunks(user_ids):
+    for chunk in batched(user_ids, SQL_BATCH):
         query = (
             sa.select(watchlist_items.c.user_id, watchlist_items.c.market_id)
             .add_columns(watchlist_items.c.added_at)
@@ -177,7 +172,7 @@ def market_states(
     snapshot by then are left out)."""
     found: dict[int, MarketState] = {}
     m = markets.c
-    for chunk in _chunks(market_ids):
+    for chunk in batched(market_ids, SQL_BATCH):
         snaps = _latest_snapshot_query(chunk, day).subquery()
         query = sa.select(
             m.id, m.source, m.source_id, m.question, m.slug, m.resolved_outcome, snaps
@@ -201,7 +196,7 @@ def prices_as_of(
     conn: sa.Connection, market_ids: Sequence[int], day: dt.date
 ) -> dict[int, PriceAt]:
     found: dict[int, PriceAt] = {}
-    for chunk in _chunks(market_ids):
+    for chunk in batched(market_ids, SQL_BATCH):
         for r in conn.execute(_latest_snapshot_query(chunk, day)):
             found[r.market_id] = PriceAt(r.yes_price, r.status)
     return found
@@ -214,7 +209,7 @@ def latest_forecasts(
     drift direction from `prediction_deltas` when the deltas asset computed it for `day`."""
     found: dict[int, list[ModelForecast]] = defaultdict(list)
     p = predictions.c
-    for chunk in _chunks(market_ids):
+    for chunk in batched(market_ids, SQL_BATCH):
         latest = (
             sa.select(p.market_id, p.model_slug, sa.func.max(p.day).label("day"))
             .where(p.market_id.in_(chunk), p.day <= day, p.origin == "batch")
@@ -253,7 +248,7 @@ def model_scores(conn: sa.Connection, market_ids: Sequence[int]) -> dict[int, li
     predictions, their number, and the market price's mean Brier on the same predictions."""
     found: dict[int, list[ModelScore]] = defaultdict(list)
     f = forecast_scores.c
-    for chunk in _chunks(market_ids):
+    for chunk in batched(market_ids, SQL_BATCH):
         query = (
             sa.select(
                 f.market_id,
@@ -346,7 +341,7 @@ def record_skips(
     now = now or dt.datetime.now(dt.UTC)
     written: set[int] = set()
     items = sorted(reasons.items())
-    for chunk in _chunks(items):
+    for chunk in batched(items, SQL_BATCH):
         insert = dialect_insert(conn, digest_deliveries)
         statement = insert.on_conflict_do_update(
             index_elements=["user_id", "day"],
@@ -396,7 +391,7 @@ def claim(
     now = now or dt.datetime.now(dt.UTC)
     lease_values = _lease(conn, lease)
     claimed: set[int] = set()
-    for chunk in _chunks(sorted(message_ids.items())):
+    for chunk in batched(sorted(message_ids.items()), SQL_BATCH):
         insert = dialect_insert(conn, digest_deliveries).values(**lease_values)
         statement = insert.on_conflict_do_update(
             index_elements=["user_id", "day"],
@@ -608,7 +603,7 @@ def unresolved(conn: sa.Connection, day: dt.date, user_ids: Collection[int]) -> 
     """Of `user_ids`, those whose day is not settled yet, with the run holding their claim
     ("" when none does). Settled: `sent`, `failed` for good, or `skipped` with a reason."""
     found: dict[int, str] = {}
-    for chunk in _chunks(sorted(user_ids)):
+    for chunk in batched(sorted(user_ids), SQL_BATCH):
         query = sa.select(d.user_id, d.status, d.error_kind, d.run_id).where(
             d.day == day, d.user_id.in_(chunk)
         )
