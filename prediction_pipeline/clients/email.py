@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import tenacity
 
-from prediction_pipeline.clients.http_retry import RetryPolicy
+from prediction_pipeline.clients.http_retry import RetryPolicy, retrying_on
 
 logger = logging.getLogger(__name__)
 
@@ -108,24 +108,8 @@ def send_retrying(
     sleep: Callable[[float], None] | None = None,
     before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
 ) -> tenacity.Retrying:
-    """Retry `TransientSendError` only: at most `policy.max_attempts` attempts, exponential
-    backoff with jitter between them (`policy.jitter`), the last error re-raised."""
-    if policy.jitter == "full":
-        wait = tenacity.wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
-    elif policy.jitter == "plus":
-        wait = tenacity.wait_exponential_jitter(
-            initial=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait
-        )
-    else:
-        wait = tenacity.wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.max_attempts),
-        wait=wait,
-        retry=tenacity.retry_if_exception_type(TransientSendError),
-        reraise=True,
-        sleep=sleep or tenacity.nap.sleep,
-        before_sleep=before_sleep,
-    )
+    """Retry `TransientSendError` only, under the shared policy (`http_retry.retrying_on`)."""
+    return retrying_on(policy, TransientSendError, sleep=sleep, before_sleep=before_sleep)
 
 
 # -- outbox -------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ How a delivery runs (`deliver_digests`):
    with `attempts + 1`, this delivery's claim token, the Dagster run id and a lease
    (`lease_expires_at`, on the database's clock). Then each digest is rendered and queued.
 3. `connections` sender threads, each with its own SMTP connection (or outbox session), take
-   messages from the queue at no more than `max_messages_per_second` in all (monotonic pacing,
-   no bursts), and retry transient failures with exponential backoff and jitter. After the
+   messages from the queue at no more than `max_messages_per_second` in all
+   (`clients.rate_limit.ThreadPacer`: monotonic pacing, no bursts), and retry transient
+   failures under the shared retry policy (`clients.http_retry.retrying_on`: exponential
+   backoff with jitter; the ledger thread's commits retry through it too). After the
    pacing wait and right before each handover the claim gets a fresh lease (one committed
    update; a further attempt also counts `attempts + 1`), so the whole lease covers the send
    and the ledger counts what was handed to the transport. If the claim is no longer ours, the
@@ -73,7 +75,8 @@ from prediction_pipeline.clients.email import (
     envelope_address,
     send_retrying,
 )
-from prediction_pipeline.clients.http_retry import RetryPolicy
+from prediction_pipeline.clients.http_retry import RetryPolicy, retrying_on
+from prediction_pipeline.clients.rate_limit import ThreadPacer
 from prediction_pipeline.core import digests as core
 from prediction_pipeline.store import digest_content as store_content
 from prediction_pipeline.store import digest_ledger as store_ledger
@@ -82,6 +85,8 @@ logger = logging.getLogger(__name__)
 
 _STOP = object()  # sentinel for the queues
 _LEDGER_BATCH = 500  # outcomes per ledger transaction at most
+# A ledger commit that hits a locked or dropped database: 3 attempts, 0.5 s then 1 s apart.
+_LEDGER_RETRY = RetryPolicy(max_attempts=3, initial_wait=0.5, max_wait=2.0, jitter="none")
 
 
 @dataclass(frozen=True)
@@ -198,24 +203,6 @@ class DeliveryReport:
         }
 
 
-class Pacer:
-    """At most `rate` slots per second across threads, evenly spaced (no burst after an idle
-    spell): each caller takes the next slot and sleeps until it. Interruptible by `stop`."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self, stop: threading.Event) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        delay = slot - time.monotonic()
-        return not (delay > 0 and stop.wait(delay))
-
-
 @dataclass
 class _Job:
     user_id: int
@@ -304,7 +291,7 @@ class DigestDelivery:
             maxsize=max(settings.chunk_size, settings.connections)
         )
         self._outcomes: queue.Queue = queue.Queue()
-        self._pacer = Pacer(settings.max_messages_per_second)
+        self._pacer = ThreadPacer(settings.max_messages_per_second)
         self._consecutive_failures = 0
         self._first_handover: float | None = None
         self._last_handover: float | None = None
@@ -640,18 +627,15 @@ class DigestDelivery:
                 self._commit(outcomes)
 
     def _commit(self, outcomes: list[tuple]) -> None:
-        for attempt in range(3):
-            try:
-                with self.engine.begin() as conn:
+        try:
+            for attempt in retrying_on(_LEDGER_RETRY, sa.exc.OperationalError):
+                with attempt, self.engine.begin() as conn:
                     recorded = [self._record(conn, *outcome) for outcome in outcomes]
-                break
-            except sa.exc.OperationalError as exc:
-                if attempt == 2:
-                    # The claims stay `pending`: the next run re-sends them once they are dead.
-                    self._halt(f"ledger write failed: {type(exc).__name__}", fatal=True)
-                    logger.error("digest ledger write failed; %d outcomes lost", len(outcomes))
-                    return
-                time.sleep(0.5 * (attempt + 1))
+        except sa.exc.OperationalError as exc:
+            # The claims stay `pending`: the next run re-sends them once they are dead.
+            self._halt(f"ledger write failed: {type(exc).__name__}", fatal=True)
+            logger.error("digest ledger write failed; %d outcomes lost", len(outcomes))
+            return
         results = list(zip(outcomes, recorded, strict=True))
         self._hold([job.user_id for (_, job, _), ok in results if not ok])
         with self._lock:
