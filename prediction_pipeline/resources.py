@@ -386,7 +386,6 @@ class AlertSettings(EnvironmentOnlyResource):
 
     ENV_ONLY: ClassVar[dict[str, str]] = {
         "webhook_url": "PREDICTION_PIPELINE_ALERT_WEBHOOK_URL",
-        "operator_email": "PREDICTION_PIPELINE_ALERT_EMAIL",
         "dagster_url": "PREDICTION_PIPELINE_DAGSTER_URL",
     }
     REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {"webhook_url": redact_url}
@@ -395,9 +394,6 @@ class AlertSettings(EnvironmentOnlyResource):
         default=None,
         description="PREDICTION_PIPELINE_ALERT_WEBHOOK_URL: JSON POST per failed run (Slack-"
         "style {'text': ...} plus details). A secret: pass it as an EnvVar.",
-    )
-    operator_email: str | None = Field(
-        default=None, description="PREDICTION_PIPELINE_ALERT_EMAIL: also email the operator."
     )
     dagster_url: str = Field(
         default="http://127.0.0.1:3000",
@@ -436,7 +432,6 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "alert_settings": AlertSettings(
             webhook_url=env_or("PREDICTION_PIPELINE_ALERT_WEBHOOK_URL", None),
-            operator_email=env_or("PREDICTION_PIPELINE_ALERT_EMAIL", None),
             dagster_url=env_or("PREDICTION_PIPELINE_DAGSTER_URL", "http://127.0.0.1:3000"),
         ),
     }

@@ -6,17 +6,17 @@ one worker at a time, and `session.send(email)` hands over one message and retur
 provider's id for it, or raises one of:
 
 - `TransientSendError`: may succeed later (SMTP 4xx, 421 and closed connections, timeouts,
-  refused connections; HTTP 429/5xx for an HTTP provider). `maybe_delivered` is True when the
-  connection was lost after the message data had been handed over (the server may have
-  accepted it: a retry may deliver a second copy, with the same Message-ID);
+  refused connections). `maybe_delivered` is True when the connection was lost after the
+  message data had been handed over (the server may have accepted it: a retry may deliver a
+  second copy, with the same Message-ID);
 - `PermanentSendError`: this message will never be accepted (SMTP 5xx to RCPT or DATA, such as
   550 unknown recipient): record it, do not retry it;
 - `FatalTransportError`: no message can succeed (authentication refused, TLS verification
   failed, STARTTLS unsupported, our sender refused with 5xx, an unwritable outbox): stop.
 
-`send_retrying` is the one retry policy for sends (tenacity, exponential backoff with full
-jitter), shared with the HTTP clients' `RetryPolicy` settings. Error texts never carry the
-SMTP password: `safe_smtp_url` masks it and errors are scrubbed of it.
+`send_retrying` is the retry loop for sends: the HTTP clients' `RetryPolicy` and backoff
+(`http_retry.retrying_on`), retrying transient errors only. Error texts never carry the SMTP
+password: `safe_smtp_url` masks it and errors are scrubbed of it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One retry policy for every HTTP client of the pipeline (Gamma, OpenRouter, HTTP email).
+"""One retry policy for every HTTP client of the pipeline (Gamma, OpenRouter, alert webhooks),
+and the backoff that email sends and ledger commits share with it (`retrying_on`).
 
 Built on tenacity and usable from sync and async code:
 
@@ -332,25 +333,6 @@ def send_with_retry(
     for attempt in build_retrying(policy, stats=stats, sleep=sleep):
         with attempt:
             response = client.request(method, url, **request_kwargs)
-            raise_for_retryable(response, policy, retry_on)
-    return response
-
-
-async def asend_with_retry(
-    client: httpx.AsyncClient,
-    method: str,
-    url: str | httpx.URL,
-    *,
-    policy: RetryPolicy,
-    stats: RetryStats | None = None,
-    retry_on: ResponsePredicate | None = None,
-    sleep: Callable[[float], Awaitable[None]] | None = None,
-    **request_kwargs: Any,
-) -> httpx.Response:
-    """The async twin of `send_with_retry`."""
-    async for attempt in build_async_retrying(policy, stats=stats, sleep=sleep):
-        with attempt:
-            response = await client.request(method, url, **request_kwargs)
             raise_for_retryable(response, policy, retry_on)
     return response
 

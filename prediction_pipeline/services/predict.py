@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,7 +114,6 @@ async def run_predictions(
     task: PredictionTask,
     *,
     fatal_errors: tuple[type[BaseException], ...] = (),
-    log: logging.Logger | Callable = logger,
 ) -> PredictionReport:
     """Predict every market of `task` not stored yet. Never raises for one market's failure:
     it is dead-lettered. Raises nothing either for fatal errors: `report.fatal` says why the

@@ -1,4 +1,4 @@
-"""The `watchlist_digests` asset: one email per user and day, at most (see delivery.py)."""
+"""The `watchlist_digests` asset: one email per user and day, at most (see services/digests.py)."""
 
 import datetime as dt
 
