@@ -300,7 +300,7 @@ def child_new(url: str, port: int, settings: Settings) -> dict:
 def child_naive(url: str, port: int, settings: Settings, users: int) -> dict:
     """Everything loaded and rendered up front, then one connection per message."""
     from prediction_pipeline.core import digests as core
-    from prediction_pipeline.store import digests as store
+    from prediction_pipeline.store import digest_content, digest_ledger
     from prediction_pipeline.store.db import make_engine
 
     engine = make_engine(url)
@@ -308,17 +308,19 @@ def child_naive(url: str, port: int, settings: Settings, users: int) -> dict:
     base = rss_now_mb()
     started = time.perf_counter()
     with engine.connect() as conn:
-        people = store.watching_users(conn, 0, users)
+        people = digest_content.watching_users(conn, 0, users)
         ids = [u.user_id for u in people]
-        previous = store.previous_digests(conn, DAY, ids)
-        items = store.watch_items(conn, ids)
+        previous = digest_ledger.previous_digests(conn, DAY, ids)
+        items = digest_content.watch_items(conn, ids)
         markets = sorted({i.market_id for lst in items.values() for i in lst})
-        states = store.market_states(conn, markets, DAY)
-        forecasts = store.latest_forecasts(conn, markets, DAY)
-        scores = store.model_scores(conn, markets)
+        states = digest_content.market_states(conn, markets, DAY)
+        forecasts = digest_content.latest_forecasts(conn, markets, DAY)
+        scores = digest_content.model_scores(conn, markets)
         baselines = {
             (m, DAY - dt.timedelta(days=1)): p
-            for m, p in store.prices_as_of(conn, markets, DAY - dt.timedelta(days=1)).items()
+            for m, p in digest_content.prices_as_of(
+                conn, markets, DAY - dt.timedelta(days=1)
+            ).items()
         }
     messages = []
     for user in people:

@@ -43,11 +43,12 @@ import sqlalchemy as sa
 
 from benchmarks.common import git, rounded, text_table
 from prediction_pipeline.clients.http_retry import RetryPolicy, RetryStats
-from prediction_pipeline.clients.openrouter import OpenRouterClient, OpenRouterForecaster
+from prediction_pipeline.clients.openrouter import OpenRouterClient
 from prediction_pipeline.core.forecast import MarketContext
 from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.core.synthetic import SyntheticUniverse
 from prediction_pipeline.resources import Forecasters
+from prediction_pipeline.services.forecasters import OpenRouterForecaster
 from prediction_pipeline.services.predict import PredictionTask, market_contexts, run_predictions
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store

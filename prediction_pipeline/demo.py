@@ -25,6 +25,7 @@ from dagster._core.remote_origin import (
 )
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
+from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.definitions import defs
 from prediction_pipeline.partitions import add_model_partitions
 from prediction_pipeline.store import models as model_store
@@ -204,8 +205,12 @@ def seed_demo_users(engine, echo: Echo) -> None:
     # Watched since two weeks ago, so the first digest shows the change since then.
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=14)
     with engine.begin() as conn:
-        open_ids = [m.id for m in market_store.list_markets(conn, status="open", limit=8)]
-        resolved_ids = [m.id for m in market_store.list_markets(conn, status="resolved", limit=4)]
+        open_ids = [
+            m.id for m in market_store.list_markets(conn, status=MarketStatus.OPEN, limit=8)
+        ]
+        resolved_ids = [
+            m.id for m in market_store.list_markets(conn, status=MarketStatus.RESOLVED, limit=4)
+        ]
         user_store.upsert_users(
             conn, [user_store.NewUser(email, name, opt_in) for email, name, opt_in in DEMO_USERS]
         )

@@ -45,7 +45,6 @@ from prediction_pipeline.clients.openrouter import (
     OpenRouterClient,
     OpenRouterCreditsError,
     OpenRouterForbiddenError,
-    OpenRouterForecaster,
 )
 from prediction_pipeline.clients.rate_limit import ModelLimiter
 from prediction_pipeline.clients.webhook import WebhookClient
@@ -56,7 +55,11 @@ from prediction_pipeline.core.digests import (
     DEV_UNSUBSCRIBE_SECRET,
     DigestRenderer,
 )
-from prediction_pipeline.services.forecasters import BuiltinForecaster, Forecaster
+from prediction_pipeline.services.forecasters import (
+    BuiltinForecaster,
+    Forecaster,
+    OpenRouterForecaster,
+)
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store.db import data_dir, default_database_url, make_engine, safe_url
 from prediction_pipeline.store.model_limits import SharedModelBudget
@@ -390,7 +393,6 @@ class AlertSettings(EnvironmentOnlyResource):
 
     ENV_ONLY: ClassVar[dict[str, str]] = {
         "webhook_url": "PREDICTION_PIPELINE_ALERT_WEBHOOK_URL",
-        "operator_email": "PREDICTION_PIPELINE_ALERT_EMAIL",
         "dagster_url": "PREDICTION_PIPELINE_DAGSTER_URL",
     }
     REDACT: ClassVar[dict[str, Callable[[Any], Any]]] = {"webhook_url": redact_url}
@@ -399,9 +401,6 @@ class AlertSettings(EnvironmentOnlyResource):
         default=None,
         description="PREDICTION_PIPELINE_ALERT_WEBHOOK_URL: JSON POST per failed run (Slack-"
         "style {'text': ...} plus details). A secret: pass it as an EnvVar.",
-    )
-    operator_email: str | None = Field(
-        default=None, description="PREDICTION_PIPELINE_ALERT_EMAIL: also email the operator."
     )
     dagster_url: str = Field(
         default="http://127.0.0.1:3000",
@@ -447,7 +446,6 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "alert_settings": AlertSettings(
             webhook_url=env_or("PREDICTION_PIPELINE_ALERT_WEBHOOK_URL", None),
-            operator_email=env_or("PREDICTION_PIPELINE_ALERT_EMAIL", None),
             dagster_url=env_or("PREDICTION_PIPELINE_DAGSTER_URL", "http://127.0.0.1:3000"),
         ),
     }

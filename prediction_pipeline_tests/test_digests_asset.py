@@ -24,7 +24,7 @@ from prediction_pipeline.core.forecast import ForecastResult, MarketContext
 from prediction_pipeline.core.markets import Market, MarketStatus
 from prediction_pipeline.defs.digests.assets import watchlist_digests
 from prediction_pipeline.resources import AppDatabase, DigestSettings, EmailTransportResource
-from prediction_pipeline.store import digests as digest_store
+from prediction_pipeline.store import digest_ledger_checks
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store import users as user_store
@@ -184,7 +184,7 @@ def run(database_url, instance, transport: EmailTransportResource, **config):
 
 def ledger(engine) -> dict[str, object]:
     with engine.connect() as conn:
-        return {row.email: row for row in digest_store.delivery_rows(conn, DAY)}
+        return {row.email: row for row in digest_ledger_checks.delivery_rows(conn, DAY)}
 
 
 def expire_leases(engine) -> None:
@@ -536,8 +536,8 @@ def test_the_ledger_refuses_a_second_row_for_a_user_and_day(engine, world):
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(digest_deliveries.insert().values(**row))
     with engine.connect() as conn:
-        assert digest_store.ledger_is_unique_per_user_and_day(conn)
-        assert digest_store.duplicate_sent(conn, PREV) == 0
+        assert digest_ledger_checks.ledger_is_unique_per_user_and_day(conn)
+        assert digest_ledger_checks.duplicate_sent(conn, PREV) == 0
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")

@@ -17,13 +17,12 @@ from prediction_pipeline.core.digests import (
     Recipient,
     WatchItem,
     build_digest,
-    clean_name,
     digest_message_id,
     make_unsubscribe_token,
-    normalize_email,
     points,
     verify_unsubscribe_token,
 )
+from prediction_pipeline.core.email_addresses import clean_name, normalize_email
 
 DAY = dt.date(2026, 11, 2)
 PREV = PreviousDigest(DAY - dt.timedelta(days=1), dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC))

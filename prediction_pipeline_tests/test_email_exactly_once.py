@@ -29,7 +29,7 @@ from prediction_pipeline.resources import AppDatabase, DigestSettings
 from prediction_pipeline.services import digests as delivery
 from prediction_pipeline.services import on_demand, sessions
 from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
-from prediction_pipeline.store import digests as digest_store
+from prediction_pipeline.store import digest_ledger, digest_ledger_checks
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store import users as user_store
@@ -49,7 +49,7 @@ from prediction_pipeline_tests.test_digests_asset import (
     user_id,
 )
 
-MIN_LEASE = digest_store.MIN_LEASE
+MIN_LEASE = digest_ledger.MIN_LEASE
 SKEW = dt.timedelta(hours=1)  # how far the skewed sender's clock runs ahead
 D = digest_deliveries.c
 
@@ -87,7 +87,7 @@ def skew_clocks(patch) -> None:
 
     clock = types.SimpleNamespace(**{k: getattr(dt, k) for k in dir(dt) if k[:2] != "__"})
     clock.datetime = Ahead
-    patch(digest_store, "dt", clock)
+    patch(digest_ledger, "dt", clock)
     patch(delivery, "dt", clock)
 
 
@@ -127,7 +127,7 @@ def _race_child(url, smtp_url, name, skewed, wait_for_claims, ready, out):
     deadline = time.monotonic() + 60
     while wait_for_claims and time.monotonic() < deadline:
         with engine.connect() as conn:
-            if digest_store.status_counts(conn, DAY)["pending"]:
+            if digest_ledger_checks.status_counts(conn, DAY)["pending"]:
                 break
         time.sleep(0.01)
     report = deliver_digests(
@@ -214,7 +214,7 @@ def test_a_lease_under_a_minute_is_refused_with_a_clear_error(
     with pytest.raises(ValueError, match="at least 1 minute"):
         DeliverySettings(lease=dt.timedelta(seconds=59))
     with pytest.raises(ValueError, match="at least 1 minute"), engine.begin() as conn:
-        digest_store.claim(
+        digest_ledger.claim(
             conn, DAY, {1: "<x@y>"}, token="t", run_id=None, lease=dt.timedelta(seconds=1)
         )
     result = run(database_url, instance, smtp_transport(smtp), pending_lease_minutes=0.5)
@@ -224,7 +224,7 @@ def test_a_lease_under_a_minute_is_refused_with_a_clear_error(
     )
     assert smtp.received() == []
     with engine.connect() as conn:
-        assert digest_store.status_counts(conn, DAY)["pending"] == 0  # nothing claimed
+        assert digest_ledger_checks.status_counts(conn, DAY)["pending"] == 0  # nothing claimed
 
 
 def test_a_sender_whose_clock_runs_ahead_does_not_take_a_live_claim(
@@ -293,18 +293,18 @@ def test_a_claim_is_taken_over_only_once_its_lease_has_expired(database_url, eng
     uid = user_id(engine, SUBSCRIBERS[0])
     claim = {uid: "<m@x>"}
     with engine.begin() as conn:
-        assert digest_store.claim(conn, DAY, claim, token="a", run_id="ra", lease=MIN_LEASE)
+        assert digest_ledger.claim(conn, DAY, claim, token="a", run_id="ra", lease=MIN_LEASE)
     with engine.begin() as conn:  # live: not claimable, whatever the lease of the asker
-        assert not digest_store.claim(
+        assert not digest_ledger.claim(
             conn, DAY, claim, token="b", run_id="rb", lease=dt.timedelta(days=1)
         )
-        assert digest_store.refresh_claim(conn, DAY, uid, "a", MIN_LEASE)
+        assert digest_ledger.refresh_claim(conn, DAY, uid, "a", MIN_LEASE)
     expire_leases(engine)
     with engine.begin() as conn:
-        assert digest_store.claim(conn, DAY, claim, token="b", run_id="rb", lease=MIN_LEASE)
-        assert not digest_store.refresh_claim(conn, DAY, uid, "a", MIN_LEASE)
-        assert not digest_store.mark_sent(conn, DAY, uid, "a", "Q1")  # no longer ours
-        assert digest_store.mark_sent(conn, DAY, uid, "b", "Q2")
+        assert digest_ledger.claim(conn, DAY, claim, token="b", run_id="rb", lease=MIN_LEASE)
+        assert not digest_ledger.refresh_claim(conn, DAY, uid, "a", MIN_LEASE)
+        assert not digest_ledger.mark_sent(conn, DAY, uid, "a", "Q1")  # no longer ours
+        assert digest_ledger.mark_sent(conn, DAY, uid, "b", "Q2")
     row = ledger(engine)[SUBSCRIBERS[0]]
     assert (row.status, row.provider_message_id, row.attempts) == ("sent", "Q2", 2)
 
@@ -376,7 +376,7 @@ def test_a_user_held_by_another_run_leaves_the_day_incomplete_until_settled(
 
     if holder == "live":  # the other run gets its message out and records it
         with engine.begin() as conn:
-            assert digest_store.mark_sent(conn, DAY, held, "other", "elsewhere")
+            assert digest_ledger.mark_sent(conn, DAY, held, "other", "elsewhere")
     else:
         expire_leases(engine)
     later = run(database_url, instance, smtp_transport(smtp))
@@ -394,7 +394,7 @@ def test_a_holder_that_settles_during_the_run_leaves_it_complete(engine, world, 
     class SettleOnFirstSend(OutboxTransport):
         def send(self, email):
             with engine.begin() as conn:  # the other delivery finishes meanwhile
-                digest_store.mark_sent(conn, DAY, held, "other", "elsewhere")
+                digest_ledger.mark_sent(conn, DAY, held, "other", "elsewhere")
             return super().send(email)
 
     transport = SettleOnFirstSend(tmp_path / "outbox")

@@ -210,3 +210,25 @@ def test_send_retrying_retries_transient_errors_only():
                 calls.append(1)
                 raise TransientSendError("421")
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("jitter", ["none", "plus", "full"])
+def test_sends_back_off_as_the_http_clients_do(jitter):
+    """Email sends and HTTP calls share one mapping of the policy to waits (`backoff_wait`):
+    `initial * 2^n` capped by `max_wait`, plus up to `initial` ("plus"), or uniform below
+    it ("full")."""
+    policy = RetryPolicy(max_attempts=5, initial_wait=0.5, max_wait=3.0, jitter=jitter)
+    sleeps: list[float] = []
+    with pytest.raises(TransientSendError):
+        for attempt in send_retrying(policy, sleep=sleeps.append):
+            with attempt:
+                raise TransientSendError("421")
+    ceilings = [0.5, 1.0, 2.0, 3.0]
+    assert len(sleeps) == 4
+    for slept, ceiling in zip(sleeps, ceilings, strict=True):
+        if jitter == "none":
+            assert slept == ceiling
+        elif jitter == "plus":
+            assert ceiling <= slept <= min(ceiling + 0.5, 3.0)
+        else:
+            assert 0 <= slept <= ceiling

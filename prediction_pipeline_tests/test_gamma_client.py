@@ -22,8 +22,9 @@ from prediction_pipeline.clients.http_retry import (
     RetryableHTTPError,
     RetryPolicy,
     RetryStats,
-    asend_with_retry,
+    build_async_retrying,
     parse_retry_after,
+    raise_for_retryable,
     send_with_retry,
 )
 from prediction_pipeline.core.markets import MarketStatus
@@ -418,6 +419,15 @@ def test_caller_hook_makes_a_status_retryable(server: FakeGammaServer, sleeps: l
     assert response.status_code == 402  # the plain 402 is returned at once, not retried
     assert stats.attempts == 3 and stats.retries == 2
     assert dict(stats.statuses) == {402: 1, 408: 1}
+
+
+async def asend_with_retry(http: httpx.AsyncClient, method: str, url: str, *, policy, **kwargs):
+    """A request under the async retry loop, as the OpenRouter client runs it."""
+    stats, sleep = kwargs.pop("stats", None), kwargs.pop("sleep", None)
+    async for attempt in build_async_retrying(policy, stats=stats, sleep=sleep):
+        with attempt:
+            response = raise_for_retryable(await http.request(method, url, **kwargs), policy)
+    return response
 
 
 def test_async_retry_shares_the_policy(server: FakeGammaServer) -> None:

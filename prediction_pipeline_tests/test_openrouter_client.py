@@ -21,14 +21,12 @@ import pytest
 from prediction_pipeline.clients.http_retry import RetryPolicy, RetryStats
 from prediction_pipeline.clients.openrouter import (
     Completion,
-    ForecastAttemptsExhausted,
     OpenRouterAuthError,
     OpenRouterBadRequestError,
     OpenRouterClient,
     OpenRouterCreditsError,
     OpenRouterError,
     OpenRouterForbiddenError,
-    OpenRouterForecaster,
     OpenRouterUnavailableError,
 )
 from prediction_pipeline.clients.rate_limit import ModelLimiter
@@ -40,6 +38,10 @@ from prediction_pipeline.core.forecast import (
     forecast_json_schema,
 )
 from prediction_pipeline.core.prompts import build_messages
+from prediction_pipeline.services.forecasters import (
+    ForecastAttemptsExhausted,
+    OpenRouterForecaster,
+)
 from prediction_pipeline_tests.fakes.openrouter_server import (
     CHAT_COMPLETIONS_PATH,
     Behaviour,

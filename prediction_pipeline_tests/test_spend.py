@@ -18,12 +18,12 @@ import sqlalchemy as sa
 from prediction_pipeline.clients.http_retry import RetryPolicy
 from prediction_pipeline.clients.openrouter import (
     OpenRouterClient,
-    OpenRouterForecaster,
     OpenRouterUnavailableError,
 )
 from prediction_pipeline.core.forecast import MarketContext
 from prediction_pipeline.resources import Forecasters
 from prediction_pipeline.services import on_demand
+from prediction_pipeline.services.forecasters import OpenRouterForecaster
 from prediction_pipeline.services.spend import SpendCapReached, SpendGuard
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store

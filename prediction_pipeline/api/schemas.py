@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from prediction_pipeline.services.on_demand import MAX_GRANT, MAX_MODELS
 
 Slug = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-# The service checks the address itself (core.digests' rules, the same as the CLI's).
+# The service checks the address itself (core.email_addresses' rules, the same as the CLI's).
 Email = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=320)]
 MarketRef = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 

@@ -8,6 +8,7 @@ import json
 import click
 
 from prediction_pipeline.cli.base import Context, UsageProblem, dagster_instance_or_none, main
+from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store
@@ -56,7 +57,7 @@ def markets() -> None:
 
 
 @markets.command("show")
-@click.option("--status", type=click.Choice(["open", "closed", "resolved"]))
+@click.option("--status", type=click.Choice([s.value for s in MarketStatus]))
 @click.option("--search", help="Only questions containing this text.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
 import click
 import sqlalchemy as sa
 
 from prediction_pipeline.cli.base import Context, main
 from prediction_pipeline.cli.csv_input import read_rows
-from prediction_pipeline.core.digests import normalize_email
+from prediction_pipeline.core.batching import batched
+from prediction_pipeline.core.email_addresses import normalize_email
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import users as user_store
-
-T = TypeVar("T")
 
 
 @main.group()
@@ -26,12 +21,6 @@ def users() -> None:
 # Rows per statement while importing: memory stays flat however long the file is.
 _IMPORT_BATCH = 500
 _SHOWN_ERRORS = 50
-
-
-def _batches(rows: Iterable[T]) -> Iterator[list[T]]:
-    iterator = iter(rows)
-    while batch := list(itertools.islice(iterator, _IMPORT_BATCH)):
-        yield batch
 
 
 def _bool(value: str, default: bool) -> bool:
@@ -124,7 +113,7 @@ def users_import(obj: Context, file: str, skip_invalid: bool) -> None:
     # One transaction, written a batch at a time as the file is read: an invalid row found
     # late still means nothing imported (the rollback), and memory does not grow with the file.
     with obj.engine.begin() as conn:
-        for batch in _batches(read_rows(file, {"email"})):
+        for batch in batched(read_rows(file, {"email"}), _IMPORT_BATCH):
             new_users = []
             for line, row in batch:
                 try:
@@ -239,7 +228,7 @@ def watchlist_import(obj: Context, file: str, skip_invalid: bool) -> None:
     added = already = 0
     rows = read_rows(file, {"email"}, one_of={"market_id", "market"})
     with obj.engine.begin() as conn:  # one transaction, batch by batch (see users import)
-        for batch in _batches(rows):
+        for batch in batched(rows, _IMPORT_BATCH):
             pairs = _watch_pairs(conn, batch, invalid)
             new = user_store.add_watch_items(conn, pairs)
             added, already = added + new, already + len(set(pairs)) - new

@@ -6,17 +6,17 @@ one worker at a time, and `session.send(email)` hands over one message and retur
 provider's id for it, or raises one of:
 
 - `TransientSendError`: may succeed later (SMTP 4xx, 421 and closed connections, timeouts,
-  refused connections; HTTP 429/5xx for an HTTP provider). `maybe_delivered` is True when the
-  connection was lost after the message data had been handed over (the server may have
-  accepted it: a retry may deliver a second copy, with the same Message-ID);
+  refused connections). `maybe_delivered` is True when the connection was lost after the
+  message data had been handed over (the server may have accepted it: a retry may deliver a
+  second copy, with the same Message-ID);
 - `PermanentSendError`: this message will never be accepted (SMTP 5xx to RCPT or DATA, such as
   550 unknown recipient): record it, do not retry it;
 - `FatalTransportError`: no message can succeed (authentication refused, TLS verification
   failed, STARTTLS unsupported, our sender refused with 5xx, an unwritable outbox): stop.
 
-`send_retrying` is the one retry policy for sends (tenacity, exponential backoff with full
-jitter), shared with the HTTP clients' `RetryPolicy` settings. Error texts never carry the
-SMTP password: `safe_smtp_url` masks it and errors are scrubbed of it.
+`send_retrying` is the retry loop for sends: the HTTP clients' `RetryPolicy` and backoff
+(`http_retry.retrying_on`), retrying transient errors only. Error texts never carry the SMTP
+password: `safe_smtp_url` masks it and errors are scrubbed of it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import tenacity
 
-from prediction_pipeline.clients.http_retry import RetryPolicy
+from prediction_pipeline.clients.http_retry import RetryPolicy, retrying_on
 
 logger = logging.getLogger(__name__)
 
@@ -108,24 +108,8 @@ def send_retrying(
     sleep: Callable[[float], None] | None = None,
     before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
 ) -> tenacity.Retrying:
-    """Retry `TransientSendError` only: at most `policy.max_attempts` attempts, exponential
-    backoff with jitter between them (`policy.jitter`), the last error re-raised."""
-    if policy.jitter == "full":
-        wait = tenacity.wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
-    elif policy.jitter == "plus":
-        wait = tenacity.wait_exponential_jitter(
-            initial=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait
-        )
-    else:
-        wait = tenacity.wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.max_attempts),
-        wait=wait,
-        retry=tenacity.retry_if_exception_type(TransientSendError),
-        reraise=True,
-        sleep=sleep or tenacity.nap.sleep,
-        before_sleep=before_sleep,
-    )
+    """Retry `TransientSendError` only, under the shared policy (`http_retry.retrying_on`)."""
+    return retrying_on(policy, TransientSendError, sleep=sleep, before_sleep=before_sleep)
 
 
 # -- outbox -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from prediction_pipeline.clients.http_retry import (
     RetryStats,
     send_with_retry,
 )
+from prediction_pipeline.core.batching import batched
 from prediction_pipeline.core.gamma import loads_bounded, parse_markets
 from prediction_pipeline.core.markets import MarketBatch
 
@@ -151,8 +152,7 @@ class GammaClient:
         wanted = list(dict.fromkeys(cid.strip() for cid in condition_ids if cid and cid.strip()))
         batch = MarketBatch()
         seen: set[str] = set()
-        for start in range(0, len(wanted), chunk_size):
-            chunk = wanted[start : start + chunk_size]
+        for chunk in batched(wanted, chunk_size):
             chunk_set = set(chunk)
             for closed in ("false", "true"):
                 params: Params = [("condition_ids", cid) for cid in chunk]

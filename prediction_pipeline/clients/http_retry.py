@@ -1,4 +1,5 @@
-"""One retry policy for every HTTP client of the pipeline (Gamma, OpenRouter, HTTP email).
+"""One retry policy for every HTTP client of the pipeline (Gamma, OpenRouter, alert webhooks),
+and the backoff that email sends and ledger commits share with it (`retrying_on`).
 
 Built on tenacity and usable from sync and async code:
 
@@ -195,23 +196,44 @@ def raise_for_retryable(
     return response
 
 
+def backoff_wait(policy: RetryPolicy) -> tenacity.wait.wait_base:
+    """The policy's backoff as a tenacity wait: the one mapping of `jitter` for every retry
+    loop of the pipeline (HTTP calls, email sends, ledger commits)."""
+    if policy.jitter == "full":
+        return tenacity.wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
+    if policy.jitter == "plus":
+        return tenacity.wait_exponential_jitter(
+            multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait
+        )
+    return tenacity.wait_exponential(multiplier=policy.initial_wait, max=policy.max_wait)
+
+
+def retrying_on(
+    policy: RetryPolicy,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    *,
+    sleep: Callable[[float], None] | None = None,
+    before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+) -> tenacity.Retrying:
+    """A sync tenacity `Retrying` for failures other than HTTP ones (email sends, database
+    commits): retries `retry_on` only, at most `policy.max_attempts` attempts with the
+    policy's backoff between them, and re-raises the last error."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.max_attempts),
+        wait=backoff_wait(policy),
+        retry=tenacity.retry_if_exception_type(retry_on),
+        reraise=True,
+        sleep=sleep or tenacity.nap.sleep,
+        before_sleep=before_sleep,
+    )
+
+
 class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
     """Honour Retry-After when the failed attempt carries one; otherwise back off."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        if policy.jitter == "full":
-            self.backoff: tenacity.wait.wait_base = tenacity.wait_random_exponential(
-                multiplier=policy.initial_wait, max=policy.max_wait
-            )
-        elif policy.jitter == "plus":
-            self.backoff = tenacity.wait_exponential_jitter(
-                multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait
-            )
-        else:
-            self.backoff = tenacity.wait_exponential(
-                multiplier=policy.initial_wait, max=policy.max_wait
-            )
+        self.backoff = backoff_wait(policy)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome
@@ -311,25 +333,6 @@ def send_with_retry(
     for attempt in build_retrying(policy, stats=stats, sleep=sleep):
         with attempt:
             response = client.request(method, url, **request_kwargs)
-            raise_for_retryable(response, policy, retry_on)
-    return response
-
-
-async def asend_with_retry(
-    client: httpx.AsyncClient,
-    method: str,
-    url: str | httpx.URL,
-    *,
-    policy: RetryPolicy,
-    stats: RetryStats | None = None,
-    retry_on: ResponsePredicate | None = None,
-    sleep: Callable[[float], Awaitable[None]] | None = None,
-    **request_kwargs: Any,
-) -> httpx.Response:
-    """The async twin of `send_with_retry`."""
-    async for attempt in build_async_retrying(policy, stats=stats, sleep=sleep):
-        with attempt:
-            response = await client.request(method, url, **request_kwargs)
             raise_for_retryable(response, policy, retry_on)
     return response
 

@@ -49,6 +49,7 @@ import asyncio
 import logging
 import math
 import random
+import threading
 import time
 from types import TracebackType
 from typing import Protocol
@@ -298,3 +299,29 @@ class ModelLimiter:
                 await self._release_shared()
         finally:
             self.release()
+
+
+class ThreadPacer:
+    """At most `rate` slots per second across threads, evenly spaced (no burst after an idle
+    spell, like `ModelLimiter` with burst 1): each caller takes the next slot and sleeps until
+    it. Interruptible by `stop`.
+
+    The digest senders are threads around blocking SMTP sessions (smtplib), where
+    `ModelLimiter`'s asyncio primitives cannot be awaited; this is the same pacing for them.
+    """
+
+    def __init__(self, rate: float) -> None:
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError("rate must be a positive number")
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Sleep until this caller's slot; False if `stop` was set meanwhile."""
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        delay = slot - time.monotonic()
+        return not (delay > 0 and stop.wait(delay))

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 #: Two distances closer than this count as equal (so float noise is not a "move").
 DISTANCE_TOLERANCE = 1e-9
 
-DIRECTIONS: tuple[str, ...] = ("toward", "away", "flat", "unknown")
-
 
 @dataclass(frozen=True)
 class Mover:

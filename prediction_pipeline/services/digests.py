@@ -11,8 +11,10 @@ How a delivery runs (`deliver_digests`):
    with `attempts + 1`, this delivery's claim token, the Dagster run id and a lease
    (`lease_expires_at`, on the database's clock). Then each digest is rendered and queued.
 3. `connections` sender threads, each with its own SMTP connection (or outbox session), take
-   messages from the queue at no more than `max_messages_per_second` in all (monotonic pacing,
-   no bursts), and retry transient failures with exponential backoff and jitter. After the
+   messages from the queue at no more than `max_messages_per_second` in all
+   (`clients.rate_limit.ThreadPacer`: monotonic pacing, no bursts), and retry transient
+   failures under the shared retry policy (`clients.http_retry.retrying_on`: exponential
+   backoff with jitter; the ledger thread's commits retry through it too). After the
    pacing wait and right before each handover the claim gets a fresh lease (one committed
    update; a further attempt also counts `attempts + 1`), so the whole lease covers the send
    and the ledger counts what was handed to the transport. If the claim is no longer ours, the
@@ -73,14 +75,18 @@ from prediction_pipeline.clients.email import (
     envelope_address,
     send_retrying,
 )
-from prediction_pipeline.clients.http_retry import RetryPolicy
+from prediction_pipeline.clients.http_retry import RetryPolicy, retrying_on
+from prediction_pipeline.clients.rate_limit import ThreadPacer
 from prediction_pipeline.core import digests as core
-from prediction_pipeline.store import digests as store
+from prediction_pipeline.store import digest_content as store_content
+from prediction_pipeline.store import digest_ledger as store_ledger
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()  # sentinel for the queues
 _LEDGER_BATCH = 500  # outcomes per ledger transaction at most
+# A ledger commit that hits a locked or dropped database: 3 attempts, 0.5 s then 1 s apart.
+_LEDGER_RETRY = RetryPolicy(max_attempts=3, initial_wait=0.5, max_wait=2.0, jitter="none")
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class DeliverySettings:
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.connections < 1 or self.max_messages_per_second <= 0:
             raise ValueError("chunk_size and connections must be >= 1, the rate > 0")
-        store.check_lease(self.lease)
+        store_ledger.check_lease(self.lease)
 
 
 @dataclass
@@ -197,24 +203,6 @@ class DeliveryReport:
         }
 
 
-class Pacer:
-    """At most `rate` slots per second across threads, evenly spaced (no burst after an idle
-    spell): each caller takes the next slot and sleeps until it. Interruptible by `stop`."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self, stop: threading.Event) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        delay = slot - time.monotonic()
-        return not (delay > 0 and stop.wait(delay))
-
-
 @dataclass
 class _Job:
     user_id: int
@@ -252,10 +240,10 @@ class _ContentCache:
         markets = {item.market_id for user_items in items.values() for item in user_items}
         new = sorted(markets - self._loaded)
         if new:
-            self.states.update(store.market_states(conn, new, self.day))
-            self.forecasts.update(store.latest_forecasts(conn, new, self.day))
+            self.states.update(store_content.market_states(conn, new, self.day))
+            self.forecasts.update(store_content.latest_forecasts(conn, new, self.day))
             settled = [m for m in new if m in self.states and self.states[m].status in core.SETTLED]
-            self.scores.update(store.model_scores(conn, settled))
+            self.scores.update(store_content.model_scores(conn, settled))
             self._loaded.update(new)
         wanted: dict[dt.date, set[int]] = {}
         for user_id, user_items in items.items():
@@ -264,7 +252,7 @@ class _ContentCache:
                 if (item.market_id, since) not in self._baseline_loaded:
                     wanted.setdefault(since, set()).add(item.market_id)
         for since, ids in wanted.items():
-            prices = store.prices_as_of(conn, sorted(ids), since)
+            prices = store_content.prices_as_of(conn, sorted(ids), since)
             for market_id in ids:
                 self._baseline_loaded.add((market_id, since))
                 if market_id in prices:
@@ -303,7 +291,7 @@ class DigestDelivery:
             maxsize=max(settings.chunk_size, settings.connections)
         )
         self._outcomes: queue.Queue = queue.Queue()
-        self._pacer = Pacer(settings.max_messages_per_second)
+        self._pacer = ThreadPacer(settings.max_messages_per_second)
         self._consecutive_failures = 0
         self._first_handover: float | None = None
         self._last_handover: float | None = None
@@ -352,7 +340,7 @@ class DigestDelivery:
             return
         try:
             with self.engine.connect() as conn:
-                self.report.held_elsewhere = store.unresolved(conn, self.day, self._held)
+                self.report.held_elsewhere = store_ledger.unresolved(conn, self.day, self._held)
         except sa.exc.OperationalError:  # cannot tell: none of them counts as settled
             self.report.held_elsewhere = dict.fromkeys(self._held, "")
 
@@ -370,7 +358,7 @@ class DigestDelivery:
         after, chunk_no = 0, 0
         while not self._stop.is_set():
             with self.engine.connect() as conn:
-                users = store.watching_users(conn, after, self.settings.chunk_size)
+                users = store_content.watching_users(conn, after, self.settings.chunk_size)
             if not users:
                 break
             after = users[-1].user_id
@@ -383,34 +371,34 @@ class DigestDelivery:
                     f"{r.skipped} skipped, {r.failed} failed so far"
                 )
 
-    def _chunk(self, users: Sequence[store.DigestUser]) -> None:
+    def _chunk(self, users: Sequence[store_content.DigestUser]) -> None:
         report = self.report
         with self.engine.connect() as conn:
-            ledger = store.deliveries(conn, self.day, [u.user_id for u in users])
-            candidates: list[store.DigestUser] = []
+            ledger = store_ledger.deliveries(conn, self.day, [u.user_id for u in users])
+            candidates: list[store_content.DigestUser] = []
             for user in users:
                 row = ledger.get(user.user_id)
-                if row is not None and row.status == store.SENT:
+                if row is not None and row.status == store_ledger.SENT:
                     report.skipped_already_sent += 1
                 elif (
                     row is not None
-                    and row.status == store.FAILED
-                    and row.error_kind == store.PERMANENT
+                    and row.status == store_ledger.FAILED
+                    and row.error_kind == store_ledger.PERMANENT
                 ):
                     report.skipped_failed_earlier += 1
-                elif not store.is_claimable(row, self.dead_runs):
+                elif not store_ledger.is_claimable(row, self.dead_runs):
                     report.skipped_in_flight += 1
                     self._hold([user.user_id])
                 else:
                     candidates.append(user)
             active = [u for u in candidates if u.subscribed]
             ids = [u.user_id for u in active]
-            previous = store.previous_digests(conn, self.day, ids)
-            items = store.watch_items(conn, ids)
+            previous = store_ledger.previous_digests(conn, self.day, ids)
+            items = store_content.watch_items(conn, ids)
             self._cache.load(conn, items, previous)
         report.considered += len(users)
 
-        skips = {u.user_id: store.OPTED_OUT for u in candidates if not u.subscribed}
+        skips = {u.user_id: store_ledger.OPTED_OUT for u in candidates if not u.subscribed}
         digests: dict[int, core.Digest] = {}
         cache = self._cache
         for user in active:
@@ -429,12 +417,12 @@ class DigestDelivery:
             if digest.has_news:
                 digests[user.user_id] = digest
             else:
-                skips[user.user_id] = store.NOTHING_NEW
-        report.skipped_opted_out += sum(r == store.OPTED_OUT for r in skips.values())
-        report.skipped_nothing_new += sum(r == store.NOTHING_NEW for r in skips.values())
+                skips[user.user_id] = store_ledger.NOTHING_NEW
+        report.skipped_opted_out += sum(r == store_ledger.OPTED_OUT for r in skips.values())
+        report.skipped_nothing_new += sum(r == store_ledger.NOTHING_NEW for r in skips.values())
         if skips:
             with self.engine.begin() as conn:
-                written = store.record_skips(conn, self.day, skips, dead_runs=self.dead_runs)
+                written = store_ledger.record_skips(conn, self.day, skips, dead_runs=self.dead_runs)
             # Not written: settled meanwhile, or claimed by another delivery since we looked.
             self._hold(skips.keys() - written)
         if not digests:
@@ -448,7 +436,7 @@ class DigestDelivery:
             for uid in digests
         }
         with self.engine.begin() as conn:
-            claimed = store.claim(
+            claimed = store_ledger.claim(
                 conn,
                 self.day,
                 message_ids,
@@ -495,7 +483,7 @@ class DigestDelivery:
     def _release_now(self, user_ids: Sequence[int], reason: str) -> None:
         with self.engine.begin() as conn:
             for uid in user_ids:
-                store.release(conn, self.day, uid, self.token, reason)
+                store_ledger.release(conn, self.day, uid, self.token, reason)
         with self._lock:
             self.report.released += len(user_ids)
 
@@ -522,7 +510,11 @@ class DigestDelivery:
                     outcome = self._send(session, job)
                 except Exception as exc:  # a bug or the database: keep the thread alive
                     logger.exception("digest to %s: unexpected error", job.email)
-                    outcome = ("failed", job, (store.TRANSIENT, f"unexpected: {exc!r}"[:500]))
+                    outcome = (
+                        "failed",
+                        job,
+                        (store_ledger.TRANSIENT, f"unexpected: {exc!r}"[:500]),
+                    )
                 self._outcomes.put(outcome)
         finally:
             if session is not None:
@@ -555,7 +547,7 @@ class DigestDelivery:
                     # and each further attempt is claimed (attempts + 1) before it is sent.
                     with self.engine.begin() as conn:
                         if attempt_no > 1:
-                            held = store.claim_retry(
+                            held = store_ledger.claim_retry(
                                 conn,
                                 self.day,
                                 job.user_id,
@@ -564,7 +556,7 @@ class DigestDelivery:
                                 self.settings.lease,
                             )
                         else:
-                            held = store.refresh_claim(
+                            held = store_ledger.refresh_claim(
                                 conn, self.day, job.user_id, self.token, self.settings.lease
                             )
                     if not held:
@@ -579,16 +571,20 @@ class DigestDelivery:
         except _Stopped:
             if unsent_claim:
                 return ("release", job, "batch stopped before sending")
-            return ("failed", job, (store.TRANSIENT, f"batch stopped; last error: {last_error}"))
+            return (
+                "failed",
+                job,
+                (store_ledger.TRANSIENT, f"batch stopped; last error: {last_error}"),
+            )
         except _LostClaim:
             return ("lost", job, None)
         except PermanentSendError as exc:
-            return ("failed", job, (store.PERMANENT, str(exc)))
+            return ("failed", job, (store_ledger.PERMANENT, str(exc)))
         except TransientSendError as exc:
-            return ("failed", job, (store.TRANSIENT, str(exc)))
+            return ("failed", job, (store_ledger.TRANSIENT, str(exc)))
         except FatalTransportError as exc:
             self._halt(str(exc), fatal=True)
-            return ("failed", job, (store.TRANSIENT, f"transport unusable: {exc}"))
+            return ("failed", job, (store_ledger.TRANSIENT, f"transport unusable: {exc}"))
 
     def _handover(self, session: EmailSession, job: _Job) -> str:
         now = time.monotonic()
@@ -631,18 +627,15 @@ class DigestDelivery:
                 self._commit(outcomes)
 
     def _commit(self, outcomes: list[tuple]) -> None:
-        for attempt in range(3):
-            try:
-                with self.engine.begin() as conn:
+        try:
+            for attempt in retrying_on(_LEDGER_RETRY, sa.exc.OperationalError):
+                with attempt, self.engine.begin() as conn:
                     recorded = [self._record(conn, *outcome) for outcome in outcomes]
-                break
-            except sa.exc.OperationalError as exc:
-                if attempt == 2:
-                    # The claims stay `pending`: the next run re-sends them once they are dead.
-                    self._halt(f"ledger write failed: {type(exc).__name__}", fatal=True)
-                    logger.error("digest ledger write failed; %d outcomes lost", len(outcomes))
-                    return
-                time.sleep(0.5 * (attempt + 1))
+        except sa.exc.OperationalError as exc:
+            # The claims stay `pending`: the next run re-sends them once they are dead.
+            self._halt(f"ledger write failed: {type(exc).__name__}", fatal=True)
+            logger.error("digest ledger write failed; %d outcomes lost", len(outcomes))
+            return
         results = list(zip(outcomes, recorded, strict=True))
         self._hold([job.user_id for (_, job, _), ok in results if not ok])
         with self._lock:
@@ -662,7 +655,7 @@ class DigestDelivery:
                 elif kind == "sent":
                     r.sent += 1
                 elif kind == "failed":
-                    if detail[0] == store.PERMANENT:
+                    if detail[0] == store_ledger.PERMANENT:
                         r.failed_permanent += 1
                     else:
                         r.failed_transient += 1
@@ -674,12 +667,14 @@ class DigestDelivery:
     def _record(self, conn: sa.Connection, kind: str, job: _Job, detail) -> bool:
         """Write one outcome; False if the claim is no longer ours (nothing is written)."""
         if kind == "sent":
-            return store.mark_sent(conn, self.day, job.user_id, self.token, detail)
+            return store_ledger.mark_sent(conn, self.day, job.user_id, self.token, detail)
         if kind == "failed":
             error_kind, error = detail
-            return store.mark_failed(conn, self.day, job.user_id, self.token, error_kind, error)
+            return store_ledger.mark_failed(
+                conn, self.day, job.user_id, self.token, error_kind, error
+            )
         if kind == "release":
-            return store.release(conn, self.day, job.user_id, self.token, detail)
+            return store_ledger.release(conn, self.day, job.user_id, self.token, detail)
         return False  # "lost": found out before the send
 
 

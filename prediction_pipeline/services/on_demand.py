@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from prediction_pipeline.clients.http_retry import RetryStats
 from prediction_pipeline.core.forecast import MarketContext
 from prediction_pipeline.core.prompts import build_research_messages
-from prediction_pipeline.services.forecasters import Forecaster, close_forecaster
+from prediction_pipeline.services.forecasters import Forecaster
 from prediction_pipeline.services.predict import PredictionTask, run_predictions
 from prediction_pipeline.services.spend import SpendGuard
 from prediction_pipeline.store import markets as market_store
@@ -322,7 +322,7 @@ async def _research(forecaster: Forecaster, ctx: MarketContext, spend: SpendGuar
         )
         return completion.content
     finally:
-        await close_forecaster(forecaster)
+        await forecaster.aclose()
 
 
 def research_session(

@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +26,7 @@ import sqlalchemy as sa
 
 from prediction_pipeline.clients.http_retry import RetryStats
 from prediction_pipeline.core.forecast import MarketContext
-from prediction_pipeline.services.forecasters import Forecaster, close_forecaster
+from prediction_pipeline.services.forecasters import Forecaster
 from prediction_pipeline.services.spend import SpendCapReached, SpendGuard
 from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store import spend as spend_store
@@ -115,7 +114,6 @@ async def run_predictions(
     task: PredictionTask,
     *,
     fatal_errors: tuple[type[BaseException], ...] = (),
-    log: logging.Logger | Callable = logger,
 ) -> PredictionReport:
     """Predict every market of `task` not stored yet. Never raises for one market's failure:
     it is dead-lettered. Raises nothing either for fatal errors: `report.fatal` says why the
@@ -226,7 +224,7 @@ async def run_predictions(
     try:
         await asyncio.gather(*(worker() for _ in range(workers)))
     finally:
-        await close_forecaster(forecaster)
+        await forecaster.aclose()
     with engine.connect() as conn:
         report.day_spent_usd = spend_store.spent_usd(conn, task.model, task.day)
     report.elapsed_s = time.monotonic() - started

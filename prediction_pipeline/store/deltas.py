@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from prediction_pipeline.core.deltas import DISTANCE_TOLERANCE, Mover
+from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import (
     UTCDateTime,
@@ -135,7 +136,7 @@ def upsert_chunk(
     if up_to is not None:
         source = source.where(p.id <= up_to)
     if not include_closed_markets:
-        source = source.where(s.status == "open")
+        source = source.where(s.status == MarketStatus.OPEN.value)
     excluded = [c.strip().lower() for c in exclude_categories if c.strip()]
     if excluded:
         source = source.join(markets, markets.c.id == p.market_id).where(

@@ -10,16 +10,15 @@ and SQLite (which ignores VARCHAR lengths) stores exactly what PostgreSQL does.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from prediction_pipeline.core.batching import SQL_BATCH, batched
 from prediction_pipeline.core.markets import Market, MarketStatus, SkippedMarket
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import market_snapshots, markets
-
-_CHUNK = 500  # rows per statement: well under SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -47,11 +46,6 @@ _TRACKED = (
     "status",
     "resolved_outcome",
 )
-
-
-def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # Values that identify a market or carry a fixed vocabulary: cutting one could merge two
@@ -145,7 +139,7 @@ def ingest_markets(
     )
     rejected: list[SkippedMarket] = []
     keys = list(by_key)
-    for chunk in _chunks(keys):
+    for chunk in batched(keys, SQL_BATCH):
         rows = {}
         for key in chunk:
             try:

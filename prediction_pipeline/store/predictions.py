@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from prediction_pipeline.core.batching import SQL_BATCH, batched
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
+from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import (
     market_snapshots,
@@ -33,7 +35,7 @@ def candidate_markets(conn: sa.Connection, day: dt.date) -> list[sa.Row]:
             market_snapshots.c.volume,
         )
         .join(market_snapshots, market_snapshots.c.market_id == markets.c.id)
-        .where(market_snapshots.c.day == day, market_snapshots.c.status == "open")
+        .where(market_snapshots.c.day == day, market_snapshots.c.status == MarketStatus.OPEN.value)
     )
     return list(conn.execute(query))
 
@@ -44,8 +46,7 @@ def price_history(
     """Daily YES prices (oldest first) for up to `days` days ending at `day`."""
     history: dict[int, list[float]] = {mid: [] for mid in market_ids}
     start = day - dt.timedelta(days=days - 1)
-    for offset in range(0, len(market_ids), 500):
-        chunk = list(market_ids[offset : offset + 500])
+    for chunk in batched(market_ids, SQL_BATCH):
         query = (
             sa.select(market_snapshots.c.market_id, market_snapshots.c.yes_price)
             .where(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
+from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.core.scoring import LOG_SCORE_EPS
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.tables import (
@@ -106,7 +107,7 @@ def score_resolutions(conn: sa.Connection, rescore_all: bool = False) -> Scoring
             sa.literal(scored_at, UTCDateTime),
         )
         .join(markets, m.id == p.market_id)
-        .where(m.status == "resolved", m.resolved_outcome.in_(["yes", "no"]))
+        .where(m.status == MarketStatus.RESOLVED.value, m.resolved_outcome.in_(["yes", "no"]))
     )
     columns = [c.name for c in forecast_scores.columns if c.name != "id"]
     insert = dialect_insert(conn, forecast_scores).from_select(columns, source)
@@ -145,9 +146,9 @@ def excluded_prediction_counts(conn: sa.Connection) -> dict[str, int]:
         return conn.scalar(query) or 0
 
     return {
-        "excluded_closed_unresolved": count(markets.c.status == "closed"),
+        "excluded_closed_unresolved": count(markets.c.status == MarketStatus.CLOSED.value),
         "excluded_void": count(
-            markets.c.status == "resolved",
+            markets.c.status == MarketStatus.RESOLVED.value,
             sa.or_(markets.c.resolved_outcome.is_(None), markets.c.resolved_outcome == "void"),
         ),
     }

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from prediction_pipeline.core.digests import clean_name, normalize_email
+from prediction_pipeline.core.batching import SQL_BATCH, batched
+from prediction_pipeline.core.email_addresses import clean_name, normalize_email
 from prediction_pipeline.store.db import dialect_insert
 from prediction_pipeline.store.markets import get_market
 from prediction_pipeline.store.tables import (
@@ -23,8 +24,6 @@ from prediction_pipeline.store.tables import (
     users,
     watchlist_items,
 )
-
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,7 @@ def upsert_users(conn: sa.Connection, new_users: Iterable[NewUser]) -> UserCount
         by_email[email] = NewUser(email, clean_name(u.name), u.digest_opt_in)
     created = updated = unchanged = 0
     emails = list(by_email)
-    for start in range(0, len(emails), _CHUNK):
-        chunk = emails[start : start + _CHUNK]
+    for chunk in batched(emails, SQL_BATCH):
         existing = {
             row.email: row
             for row in conn.execute(
@@ -206,8 +204,7 @@ def add_watch_items(
     now = added_at or dt.datetime.now(dt.UTC)
     added = 0
     unique = list(dict.fromkeys(items))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
+    for chunk in batched(unique, SQL_BATCH):
         insert = dialect_insert(conn, watchlist_items).on_conflict_do_nothing(
             index_elements=["user_id", "market_id"]
         )

@@ -1,4 +1,4 @@
-"""The `watchlist_digests` asset: one email per user and day, at most (see delivery.py)."""
+"""The `watchlist_digests` asset: one email per user and day, at most (see services/digests.py)."""
 
 import datetime as dt
 
@@ -15,7 +15,7 @@ from prediction_pipeline.services.digests import (
     DeliverySettings,
     deliver_digests,
 )
-from prediction_pipeline.store import digests as digest_store
+from prediction_pipeline.store import digest_ledger
 
 # For unexpected errors (a database outage...). A retry resumes: users already sent are
 # skipped, only the rest are tried again. Incomplete deliveries (transient send failures) are
@@ -116,7 +116,7 @@ def watchlist_digests(
             "with the built-in INSECURE development secret. Set it before mailing real users."
         )
     with engine.connect() as conn:
-        claimants = digest_store.pending_run_ids(conn, day)
+        claimants = digest_ledger.pending_run_ids(conn, day)
     dead = dead_claimants(context.instance, claimants, context.run_id)
     context.log.info(
         f"digests {day}: sending through {transport.describe()} at <= "

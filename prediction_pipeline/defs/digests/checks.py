@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import sqlalchemy as sa
 
-from prediction_pipeline.store import digests as digest_store
+from prediction_pipeline.store import digest_ledger_checks
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -24,10 +24,10 @@ CHECK_SPECS = [
 
 
 def evaluate_checks(conn: sa.Connection, day: dt.date) -> list[dg.AssetCheckResult]:
-    duplicates = digest_store.duplicate_sent(conn, day)
-    unique = digest_store.ledger_is_unique_per_user_and_day(conn)
-    counts = digest_store.status_counts(conn, day)
-    stale = digest_store.stale_pending(conn, day)
+    duplicates = digest_ledger_checks.duplicate_sent(conn, day)
+    unique = digest_ledger_checks.ledger_is_unique_per_user_and_day(conn)
+    counts = digest_ledger_checks.status_counts(conn, day)
+    stale = digest_ledger_checks.stale_pending(conn, day)
     return [
         dg.AssetCheckResult(
             check_name="one_digest_per_user_and_day",

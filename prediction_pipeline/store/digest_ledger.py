@@ -1,4 +1,4 @@
-"""The digest's reads (what each user's digest is made of) and its exactly-once ledger.
+"""The digest delivery ledger: exactly one email per (user, day).
 
 Ledger protocol, one row per (user, day) in `digest_deliveries` (UNIQUE(user_id, day)):
 
@@ -24,72 +24,23 @@ Leases shorter than `MIN_LEASE` are refused: a lease must outlast one send.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from prediction_pipeline.core.digests import (
-    MarketState,
-    ModelForecast,
-    ModelScore,
-    PreviousDigest,
-    PriceAt,
-    WatchItem,
-)
+from prediction_pipeline.core.batching import SQL_BATCH, batched
+from prediction_pipeline.core.digests import PreviousDigest
 from prediction_pipeline.store.db import dialect_insert
-from prediction_pipeline.store.tables import (
-    digest_deliveries,
-    forecast_scores,
-    market_snapshots,
-    markets,
-    prediction_deltas,
-    predictions,
-    users,
-    watchlist_items,
-)
+from prediction_pipeline.store.tables import digest_deliveries
 
 PENDING, SENT, FAILED, SKIPPED = "pending", "sent", "failed", "skipped"
 MIN_LEASE = dt.timedelta(minutes=1)
 TRANSIENT, PERMANENT = "transient", "permanent"
 NOTHING_NEW, OPTED_OUT = "nothing_new", "opted_out"
-_CHUNK = 500
 _ERROR_CHARS = 2000
 
 d = digest_deliveries.c
-
-
-def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-# -- who gets a digest --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DigestUser:
-    user_id: int
-    email: str
-    name: str | None
-    subscribed: bool
-
-
-def watching_users(conn: sa.Connection, after_id: int, limit: int) -> list[DigestUser]:
-    """The next `limit` users (by id, after `after_id`) that watch at least one market."""
-    watches = sa.exists().where(watchlist_items.c.user_id == users.c.id)
-    query = (
-        sa.select(users.c.id, users.c.email, users.c.name, users.c.digest_opt_in)
-        .add_columns(users.c.unsubscribed_at)
-        .where(users.c.id > after_id, watches)
-        .order_by(users.c.id)
-        .limit(limit)
-    )
-    return [
-        DigestUser(r.id, r.email, r.name, bool(r.digest_opt_in) and r.unsubscribed_at is None)
-        for r in conn.execute(query)
-    ]
 
 
 @dataclass(frozen=True)
@@ -106,8 +57,8 @@ class Delivery:
 
 def deliveries(conn: sa.Connection, day: dt.date, user_ids: Sequence[int]) -> dict[int, Delivery]:
     found: dict[int, Delivery] = {}
-    live = sa.case((d.lease_expires_at > _db_now(conn), 1), else_=0).label("lease_live")
-    for chunk in _chunks(user_ids):
+    live = sa.case((d.lease_expires_at > db_now(conn), 1), else_=0).label("lease_live")
+    for chunk in batched(user_ids, SQL_BATCH):
         query = (
             sa.select(
                 d.user_id, d.status, d.attempts, d.error_kind, d.run_id, d.claim_token, d.claimed_at
@@ -125,7 +76,7 @@ def previous_digests(
 ) -> dict[int, PreviousDigest]:
     """Each user's latest digest sent for a day before `day`."""
     found: dict[int, PreviousDigest] = {}
-    for chunk in _chunks(user_ids):
+    for chunk in batched(user_ids, SQL_BATCH):
         latest = (
             sa.select(d.user_id, sa.func.max(d.day).label("day"))
             .where(d.user_id.in_(chunk), d.day < day, d.status == SENT)
@@ -140,140 +91,6 @@ def previous_digests(
     return found
 
 
-def watch_items(conn: sa.Connection, user_ids: Sequence[int]) -> dict[int, list[WatchItem]]:
-    found: dict[int, list[WatchItem]] = defaultdict(list)
-    for chunk in _chunks(user_ids):
-        query = (
-            sa.select(watchlist_items.c.user_id, watchlist_items.c.market_id)
-            .add_columns(watchlist_items.c.added_at)
-            .where(watchlist_items.c.user_id.in_(chunk))
-            .order_by(watchlist_items.c.user_id, watchlist_items.c.id)
-        )
-        for r in conn.execute(query):
-            found[r.user_id].append(WatchItem(r.market_id, r.added_at))
-    return dict(found)
-
-
-# -- what is in it ------------------------------------------------------------------------
-
-
-def _latest_snapshot_query(chunk: Sequence[int], day: dt.date):
-    s = market_snapshots.c
-    latest = (
-        sa.select(s.market_id, sa.func.max(s.day).label("day"))
-        .where(s.market_id.in_(chunk), s.day <= day)
-        .group_by(s.market_id)
-        .subquery()
-    )
-    return sa.select(s.market_id, s.day, s.yes_price, s.status).join(
-        latest, sa.and_(s.market_id == latest.c.market_id, s.day == latest.c.day)
-    )
-
-
-def market_states(
-    conn: sa.Connection, market_ids: Sequence[int], day: dt.date
-) -> dict[int, MarketState]:
-    """Each market as of `day`: its latest snapshot on or before it (markets with no
-    snapshot by then are left out)."""
-    found: dict[int, MarketState] = {}
-    m = markets.c
-    for chunk in _chunks(market_ids):
-        snaps = _latest_snapshot_query(chunk, day).subquery()
-        query = sa.select(
-            m.id, m.source, m.source_id, m.question, m.slug, m.resolved_outcome, snaps
-        ).join(snaps, snaps.c.market_id == m.id)
-        for r in conn.execute(query):
-            found[r.id] = MarketState(
-                market_id=r.id,
-                source=r.source,
-                source_id=r.source_id,
-                question=r.question,
-                slug=r.slug,
-                status=r.status,
-                price=r.yes_price,
-                observed_on=r.day,
-                resolved_outcome=r.resolved_outcome,
-            )
-    return found
-
-
-def prices_as_of(
-    conn: sa.Connection, market_ids: Sequence[int], day: dt.date
-) -> dict[int, PriceAt]:
-    found: dict[int, PriceAt] = {}
-    for chunk in _chunks(market_ids):
-        for r in conn.execute(_latest_snapshot_query(chunk, day)):
-            found[r.market_id] = PriceAt(r.yes_price, r.status)
-    return found
-
-
-def latest_forecasts(
-    conn: sa.Connection, market_ids: Sequence[int], day: dt.date
-) -> dict[int, list[ModelForecast]]:
-    """Each model's latest daily (batch) prediction on each market as of `day`, with the
-    drift direction from `prediction_deltas` when the deltas asset computed it for `day`."""
-    found: dict[int, list[ModelForecast]] = defaultdict(list)
-    p = predictions.c
-    for chunk in _chunks(market_ids):
-        latest = (
-            sa.select(p.market_id, p.model_slug, sa.func.max(p.day).label("day"))
-            .where(p.market_id.in_(chunk), p.day <= day, p.origin == "batch")
-            .group_by(p.market_id, p.model_slug)
-            .subquery()
-        )
-        query = (
-            sa.select(p.market_id, p.model_slug, p.day, p.probability)
-            .add_columns(prediction_deltas.c.direction)
-            .join(
-                latest,
-                sa.and_(
-                    p.market_id == latest.c.market_id,
-                    p.model_slug == latest.c.model_slug,
-                    p.day == latest.c.day,
-                ),
-            )
-            .outerjoin(
-                prediction_deltas,
-                sa.and_(
-                    prediction_deltas.c.prediction_id == p.id,
-                    prediction_deltas.c.snapshot_day == day,
-                ),
-            )
-            .where(p.origin == "batch")
-        )
-        for r in conn.execute(query):
-            found[r.market_id].append(
-                ModelForecast(r.model_slug, r.day, r.probability, r.direction)
-            )
-    return dict(found)
-
-
-def model_scores(conn: sa.Connection, market_ids: Sequence[int]) -> dict[int, list[ModelScore]]:
-    """How each model scored on each market (`forecast_scores`): mean Brier over its scored
-    predictions, their number, and the market price's mean Brier on the same predictions."""
-    found: dict[int, list[ModelScore]] = defaultdict(list)
-    f = forecast_scores.c
-    for chunk in _chunks(market_ids):
-        query = (
-            sa.select(
-                f.market_id,
-                f.model_slug,
-                sa.func.avg(f.brier).label("brier"),
-                sa.func.count().label("n"),
-                sa.func.avg(f.market_brier).label("market_brier"),
-            )
-            .where(f.market_id.in_(chunk))
-            .group_by(f.market_id, f.model_slug)
-        )
-        for r in conn.execute(query):
-            market_brier = None if r.market_brier is None else float(r.market_brier)
-            found[r.market_id].append(ModelScore(r.model_slug, float(r.brier), r.n, market_brier))
-    return dict(found)
-
-
-# -- the ledger ---------------------------------------------------------------------------
-
-
 def check_lease(lease: dt.timedelta) -> dt.timedelta:
     """A claim's lease must outlast one send; shorter ones let two deliveries both send."""
     if lease < MIN_LEASE:
@@ -286,7 +103,7 @@ def check_lease(lease: dt.timedelta) -> dt.timedelta:
     return lease
 
 
-def _db_now(conn: sa.Connection, plus: dt.timedelta | None = None) -> sa.ColumnElement:
+def db_now(conn: sa.Connection, plus: dt.timedelta | None = None) -> sa.ColumnElement:
     """The database's current time (+ `plus`), as an SQL expression: lease decisions never
     use the clock of the process asking, which may be skewed."""
     if conn.dialect.name == "sqlite":
@@ -301,7 +118,7 @@ def _db_now(conn: sa.Connection, plus: dt.timedelta | None = None) -> sa.ColumnE
 def _lease(conn: sa.Connection, lease: dt.timedelta) -> dict:
     """The values that give a claim a fresh lease of `lease` from now (database clock)."""
     check_lease(lease)
-    return {"claimed_at": _db_now(conn), "lease_expires_at": _db_now(conn, lease)}
+    return {"claimed_at": db_now(conn), "lease_expires_at": db_now(conn, lease)}
 
 
 def _claimable(conn: sa.Connection, dead_runs: Collection[str]):
@@ -309,7 +126,7 @@ def _claimable(conn: sa.Connection, dead_runs: Collection[str]):
     # Plain comparisons, not IN: an expanding IN cannot be used in executemany upserts.
     dead_claim = sa.or_(
         d.lease_expires_at.is_(None),  # no lease: claimed before migration 0009
-        d.lease_expires_at <= _db_now(conn),
+        d.lease_expires_at <= db_now(conn),
         *(d.run_id == sa.literal(run_id, sa.String) for run_id in sorted(dead_runs)),
     )
     return sa.or_(
@@ -346,7 +163,7 @@ def record_skips(
     now = now or dt.datetime.now(dt.UTC)
     written: set[int] = set()
     items = sorted(reasons.items())
-    for chunk in _chunks(items):
+    for chunk in batched(items, SQL_BATCH):
         insert = dialect_insert(conn, digest_deliveries)
         statement = insert.on_conflict_do_update(
             index_elements=["user_id", "day"],
@@ -396,7 +213,7 @@ def claim(
     now = now or dt.datetime.now(dt.UTC)
     lease_values = _lease(conn, lease)
     claimed: set[int] = set()
-    for chunk in _chunks(sorted(message_ids.items())):
+    for chunk in batched(sorted(message_ids.items()), SQL_BATCH):
         insert = dialect_insert(conn, digest_deliveries).values(**lease_values)
         statement = insert.on_conflict_do_update(
             index_elements=["user_id", "day"],
@@ -563,52 +380,11 @@ def pending_run_ids(conn: sa.Connection, day: dt.date) -> list[str]:
     return sorted(conn.scalars(query))
 
 
-# -- data-quality queries behind the asset checks -------------------------------------------
-
-
-def duplicate_sent(conn: sa.Connection, day: dt.date) -> int:
-    """Users with more than one `sent` row for `day` (the UNIQUE constraint forbids it)."""
-    dupes = (
-        sa.select(d.user_id)
-        .where(d.day == day, d.status == SENT)
-        .group_by(d.user_id)
-        .having(sa.func.count() > 1)
-        .subquery()
-    )
-    return conn.scalar(sa.select(sa.func.count()).select_from(dupes)) or 0
-
-
-def ledger_is_unique_per_user_and_day(conn: sa.Connection) -> bool:
-    """Whether the database really holds UNIQUE(user_id, day) on the ledger."""
-    inspector = sa.inspect(conn)
-    keys = [set(u["column_names"]) for u in inspector.get_unique_constraints("digest_deliveries")]
-    keys += [
-        set(i["column_names"])
-        for i in inspector.get_indexes("digest_deliveries")
-        if i.get("unique")
-    ]
-    return {"user_id", "day"} in keys
-
-
-def status_counts(conn: sa.Connection, day: dt.date) -> dict[str, int]:
-    query = sa.select(d.status, sa.func.count()).where(d.day == day).group_by(d.status)
-    counts = dict.fromkeys((SENT, PENDING, FAILED, SKIPPED), 0)
-    counts.update({status: n for status, n in conn.execute(query)})
-    return counts
-
-
-def stale_pending(conn: sa.Connection, day: dt.date) -> int:
-    """`pending` rows whose lease has expired (a crashed delivery): the next run retries them."""
-    expired = sa.or_(d.lease_expires_at.is_(None), d.lease_expires_at <= _db_now(conn))
-    query = sa.select(sa.func.count()).where(d.day == day, d.status == PENDING, expired)
-    return conn.scalar(query) or 0
-
-
 def unresolved(conn: sa.Connection, day: dt.date, user_ids: Collection[int]) -> dict[int, str]:
     """Of `user_ids`, those whose day is not settled yet, with the run holding their claim
     ("" when none does). Settled: `sent`, `failed` for good, or `skipped` with a reason."""
     found: dict[int, str] = {}
-    for chunk in _chunks(sorted(user_ids)):
+    for chunk in batched(sorted(user_ids), SQL_BATCH):
         query = sa.select(d.user_id, d.status, d.error_kind, d.run_id).where(
             d.day == day, d.user_id.in_(chunk)
         )
@@ -619,14 +395,3 @@ def unresolved(conn: sa.Connection, day: dt.date, user_ids: Collection[int]) -> 
             if not settled:
                 found[r.user_id] = (r.run_id or "") if r.status == PENDING else ""
     return found
-
-
-def delivery_rows(conn: sa.Connection, day: dt.date) -> list[sa.Row]:
-    """The ledger of `day` with each user's email (for the CLI and tests)."""
-    query = (
-        sa.select(digest_deliveries, users.c.email)
-        .join(users, users.c.id == d.user_id)
-        .where(d.day == day)
-        .order_by(d.user_id)
-    )
-    return list(conn.execute(query))
