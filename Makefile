@@ -56,7 +56,7 @@ bench: install
 	$(BIN)/python -m benchmarks.digest_throughput
 	$(BIN)/python -m benchmarks.on_demand_latency
 
-# Mutation testing (not part of `make test`; about an hour on 2 cores for the six modules
+# Mutation testing (not part of `make test`; long: see the README for a measured run of the six modules
 # below): mutmut mutates store/, services/ and clients/rate_limit.py ([tool.mutmut] in
 # pyproject.toml) and runs the fast SQLite tests against each mutant, then prints the score
 # per module and lists the survivors in .local/mutation/survivors.txt (`mutmut show NAME`).
