@@ -161,6 +161,29 @@ def test_cancelled_waiter_gives_its_slot_back() -> None:
     assert limiter.in_flight == 0
 
 
+def test_a_holder_cancelled_while_waiting_for_a_rate_token_gives_its_slot_back() -> None:
+    # One slot, one call a second: the second caller takes the slot, then waits for a token;
+    # cancelled there, it must hand the slot back or every later caller waits forever.
+    limiter = ModelLimiter(requests_per_second=1, max_in_flight=1)
+
+    async def main() -> float:
+        async with limiter:
+            pass
+        holder = asyncio.create_task(limiter.acquire())
+        await asyncio.sleep(0.5)  # it holds the slot and waits for the next token (t=1)
+        assert limiter._semaphore.locked() and limiter.in_flight == 0
+        holder.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+        # Virtual time: the wait_for bound costs no real time, it only ends a hung wait.
+        await asyncio.wait_for(limiter.acquire(), timeout=60)
+        limiter.release()
+        return now()
+
+    assert run_virtual(main) == pytest.approx(1.0, abs=1e-3)
+    assert limiter.in_flight == 0 and limiter.acquired == 2
+
+
 # -- cooldown ------------------------------------------------------------------------------
 
 
