@@ -16,11 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from prediction_pipeline.clients.http_retry import RetryStats
-from prediction_pipeline.clients.openrouter import (
-    ForecastAttemptsExhausted,
-    OpenRouterCreditsError,
-)
+from prediction_pipeline.clients.openrouter import OpenRouterCreditsError
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
+from prediction_pipeline.services.forecasters import ForecastAttemptsExhausted
 from prediction_pipeline.services.predict import (
     FatalForecastError,
     PredictionReport,
@@ -95,6 +93,9 @@ class ScriptedForecaster:
         return ForecastResult(
             probability=0.5, cost_usd=self.cost_usd, prompt_tokens=10, completion_tokens=5
         )
+
+    async def aclose(self) -> None:  # the Forecaster protocol: nothing to close
+        pass
 
 
 def run(engine, forecaster, market_ids, *, day=DAY, fatal_errors=(), **task) -> PredictionReport:
