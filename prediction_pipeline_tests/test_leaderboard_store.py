@@ -8,7 +8,12 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from prediction_pipeline.cli import main
-from prediction_pipeline.core.scoring import leaderboard, score_predictions
+from prediction_pipeline.core.scoring import (
+    leaderboard,
+    leaderboard_from_parts,
+    leaderboard_from_sums,
+    score_predictions,
+)
 from prediction_pipeline.services.leaderboard import BOOTSTRAP_SEED, build_leaderboard
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import scoring as score_store
@@ -59,6 +64,28 @@ def test_sql_aggregates_give_the_same_leaderboard_as_the_rows(engine, scored, di
         pd.testing.assert_series_equal(
             merged[column], merged[f"{column}_rows"], check_names=False, rtol=1e-9
         )
+
+
+@pytest.mark.parametrize("key", [None, "category", "horizon_bucket"])
+def test_streamed_parts_keep_each_group_whole(engine, scored, monkeypatch, key):
+    """Parts far smaller than a group (7 rows): every (model, bucket) lies in one part, and
+    the leaderboard is the same as from all the sums at once."""
+    by = ["model"] if key is None else ["model", key]
+    with engine.connect() as conn:
+        whole = score_store.leaderboard_market_sums(conn, key)
+        monkeypatch.setattr(score_store, "PART_ROWS", 7)
+        parts = list(score_store.leaderboard_market_sum_parts(conn, key))
+    assert len(parts) > 1
+    seen = [
+        tuple(group)
+        for part in parts
+        for group in part[by].drop_duplicates().itertuples(index=False)
+    ]
+    assert len(seen) == len(set(seen))  # no group split across parts
+    assert sum(len(part) for part in parts) == len(whole)
+    expected = leaderboard_from_sums(whole, by, seed=BOOTSTRAP_SEED)
+    streamed = leaderboard_from_parts(iter(parts), by, seed=BOOTSTRAP_SEED)
+    pd.testing.assert_frame_equal(streamed, expected)
 
 
 def test_knowledge_cutoff_excludes_questions_resolved_before_it(engine, scored):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -396,7 +396,7 @@ def _ratios(totals: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def cluster_bootstrap(
-    per_market: np.ndarray, n_boot: int, rng: np.random.Generator, max_cells: int = 2_000_000
+    per_market: np.ndarray, n_boot: int, rng: np.random.Generator, max_cells: int = 500_000
 ) -> np.ndarray:
     """Resample markets (rows of `per_market`, one row of sums each) with replacement.
 
@@ -469,25 +469,37 @@ def leaderboard_from_sums(
     sums: pd.DataFrame,
     by: Sequence[str] = ("model",),
     calibration: pd.DataFrame | None = None,
-    *,
-    seed: int = 0,
-    n_boot: int = DEFAULT_BOOTSTRAP,
-    min_markets: int = MIN_MARKETS,
-    confidence: float = 0.95,
+    **options,
 ) -> pd.DataFrame:
     """The leaderboard from per-market sums (`market_sums`) and, for ECE, `calibration_sums`.
 
     One row per group of `by` (which includes "model"); see `leaderboard` for the columns.
     Intervals are percentile intervals of a cluster bootstrap over markets, seeded per group.
     """
+    return leaderboard_from_parts([sums], by, calibration, **options)
+
+
+def leaderboard_from_parts(
+    parts: Iterable[pd.DataFrame],
+    by: Sequence[str] = ("model",),
+    calibration: pd.DataFrame | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    min_markets: int = MIN_MARKETS,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """`leaderboard_from_sums` over per-market sums that arrive in parts, each group of `by`
+    whole in one part (store.scoring streams them so): one part in memory at a time."""
     by = _check_by(by)
-    if sums.empty:
-        return _empty_leaderboard(by)
     rows = []
-    for key, group in sums.groupby(by, dropna=False, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        stats = _group_row(group, key, seed, n_boot, min_markets, confidence)
-        rows.append({**dict(zip(by, key, strict=True)), **stats})
+    for part in parts:
+        for key, group in part.groupby(by, dropna=False, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            stats = _group_row(group, key, seed, n_boot, min_markets, confidence)
+            rows.append({**dict(zip(by, key, strict=True)), **stats})
+    if not rows:
+        return _empty_leaderboard(by)
     board = pd.DataFrame(rows)
     board["ece"] = np.nan
     if calibration is not None and not calibration.empty:

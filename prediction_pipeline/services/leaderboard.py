@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from prediction_pipeline.core.scoring import (
     DEFAULT_BINS,
     calibration_from_sums,
-    leaderboard_from_sums,
+    leaderboard_from_parts,
 )
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import scoring as score_store
@@ -33,14 +33,15 @@ class Leaderboard:
 
 
 def build_leaderboard(conn: sa.Connection, bins: int = DEFAULT_BINS) -> Leaderboard:
-    """Read the aggregates, compute every dimension. Memory grows with markets x models."""
+    """Read the aggregates, compute every dimension. Memory grows with the markets of one
+    (model, bucket) group: the per-market sums are streamed a group at a time."""
     cutoffs = model_store.knowledge_cutoffs(conn)
     parts, calibration = [], {}
     for dimension, key in score_store.LEADERBOARD_KEYS.items():
         by = ["model"] if key is None else ["model", key]
-        sums = score_store.leaderboard_market_sums(conn, key, cutoffs)
         bins_sums = score_store.leaderboard_calibration_sums(conn, key, cutoffs, bins)
-        board = leaderboard_from_sums(sums, by, bins_sums, seed=BOOTSTRAP_SEED)
+        sums = score_store.leaderboard_market_sum_parts(conn, key, cutoffs)  # streamed
+        board = leaderboard_from_parts(sums, by, bins_sums, seed=BOOTSTRAP_SEED)
         board["dimension"] = dimension
         board["bucket"] = "all" if key is None else board[key].fillna("(none)").astype(str)
         parts.append(board.drop(columns=[key] if key else []))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -241,10 +242,25 @@ def _frame(conn: sa.Connection, query: sa.Select) -> pd.DataFrame:
     return pd.DataFrame(conn.execute(query).all(), columns=list(query.selected_columns.keys()))
 
 
-def leaderboard_market_sums(
+_SUM_COLUMNS = (
+    "n",
+    "n_priced",
+    "sum_brier",
+    "sum_log_score",
+    "sum_brier_priced",
+    "sum_market_brier",
+    "sum_market_log_score",
+)
+# Rows fetched at a time when streaming the per-market sums (a few MB of Python objects).
+PART_ROWS = 20_000
+
+
+def leaderboard_market_sum_parts(
     conn: sa.Connection, key: str | None = None, cutoffs: dict[str, dt.date] | None = None
-) -> pd.DataFrame:
-    """Per (model, market[, key]) sums: core.scoring.market_sums, computed by the database."""
+) -> Iterator[pd.DataFrame]:
+    """Per (model, market[, key]) sums (core.scoring.market_sums, computed by the database),
+    streamed in parts ordered by group, each group of (model[, key]) whole in one part: the
+    caller holds one part at a time (a group's markets), not every model's markets at once."""
     fs = forecast_scores
     priced = fs.c.market_price.is_not(None)
     rows = _scored_rows(
@@ -257,29 +273,57 @@ def leaderboard_market_sums(
         sa.func.coalesce(fs.c.market_brier, 0.0).label("market_brier"),
         sa.func.coalesce(fs.c.market_log_score, 0.0).label("market_log_score"),
     )
-    keys = [rows.c.model, rows.c.market_id] + ([rows.c[key]] if key else [])
-    query = sa.select(
-        *keys,
-        sa.func.count().label("n"),
-        sa.func.sum(rows.c.priced).label("n_priced"),
-        sa.func.sum(rows.c.brier).label("sum_brier"),
-        sa.func.sum(rows.c.log_score).label("sum_log_score"),
-        sa.func.sum(rows.c.brier_priced).label("sum_brier_priced"),
-        sa.func.sum(rows.c.market_brier).label("sum_market_brier"),
-        sa.func.sum(rows.c.market_log_score).label("sum_market_log_score"),
-    ).group_by(*keys)
-    frame = _frame(conn, query)
-    numeric = [
-        "n",
-        "n_priced",
-        "sum_brier",
-        "sum_log_score",
-        "sum_brier_priced",
-        "sum_market_brier",
-        "sum_market_log_score",
-    ]
-    frame[numeric] = frame[numeric].astype("float64")
-    return frame
+    groups = [rows.c.model] + ([rows.c[key]] if key else [])
+    query = (
+        sa.select(
+            *groups,
+            rows.c.market_id,
+            sa.func.count().label("n"),
+            sa.func.sum(rows.c.priced).label("n_priced"),
+            sa.func.sum(rows.c.brier).label("sum_brier"),
+            sa.func.sum(rows.c.log_score).label("sum_log_score"),
+            sa.func.sum(rows.c.brier_priced).label("sum_brier_priced"),
+            sa.func.sum(rows.c.market_brier).label("sum_market_brier"),
+            sa.func.sum(rows.c.market_log_score).label("sum_market_log_score"),
+        )
+        .group_by(*groups, rows.c.market_id)
+        .order_by(*groups, rows.c.market_id)
+    )
+    columns = list(query.selected_columns.keys())
+    width = len(groups)
+
+    def frame(part: list) -> pd.DataFrame:
+        out = pd.DataFrame(part, columns=columns)
+        out[list(_SUM_COLUMNS)] = out[list(_SUM_COLUMNS)].astype("float64")
+        return out
+
+    # A server-side cursor on PostgreSQL; SQLite steps through its result anyway.
+    result = conn.execute(query.execution_options(stream_results=True, yield_per=PART_ROWS))
+    pending: list = []  # rows of the last group seen, which may go on in the next chunk
+    for chunk in result.partitions():
+        part = pending + list(chunk)
+        last = tuple(part[-1][:width])
+        cut = len(part)
+        while cut and tuple(part[cut - 1][:width]) == last:
+            cut -= 1
+        if cut:
+            yield frame(part[:cut])
+        pending = part[cut:]
+    if pending:
+        yield frame(pending)
+
+
+def leaderboard_market_sums(
+    conn: sa.Connection, key: str | None = None, cutoffs: dict[str, dt.date] | None = None
+) -> pd.DataFrame:
+    """All of `leaderboard_market_sum_parts` in one frame (for checks and small data)."""
+    parts = list(leaderboard_market_sum_parts(conn, key, cutoffs))
+    if parts:
+        return pd.concat(parts, ignore_index=True)
+    groups = ["model"] + ([key] if key else [])
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in [*groups, "market_id"]}).assign(
+        **{c: pd.Series(dtype="float64") for c in _SUM_COLUMNS}
+    )
 
 
 def leaderboard_calibration_sums(
