@@ -66,6 +66,7 @@ USER = "ada@example.com"
 TIMEOUT = 150.0
 
 
+@pytest.mark.serial
 def test_requests_run_beside_the_batch_within_one_budget(tmp_path):
     home = tmp_path / "dagster_home"
     write_instance_yaml(home, instance_config(dequeue_interval_seconds=1))

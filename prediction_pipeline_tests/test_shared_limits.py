@@ -52,6 +52,7 @@ def _calls(url: str, base_url: str, calls: int, queue) -> None:
     queue.put(asyncio.run(main()))
 
 
+@pytest.mark.serial
 def test_processes_share_one_rate_and_in_flight_budget(database_url, engine):
     """Three processes call one model at once. Each alone would send at the model's full rate;
     together they stay within it: a provider allowing no burst (token bucket of 1 at exactly
