@@ -252,7 +252,7 @@ def run_new(
 
     def once() -> tuple[Any, Any, list[float], dict[str, int], float]:
         # As the asset builds it: the model's budget shared through the app database.
-        forecaster = forecasters.build(spec, limits_engine=engine)
+        forecaster = forecasters.build(spec, limits_engine=engine, background=True)
         # The asset passes the registry's max_in_flight: C workers for C limiter slots.
         workers = settings.workers or spec.max_in_flight
         task = PredictionTask(model=spec.slug, day=DAY, contexts=contexts, max_in_flight=workers)
