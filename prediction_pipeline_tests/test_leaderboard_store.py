@@ -8,12 +8,12 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from prediction_pipeline.cli import main
-from prediction_pipeline.core.scoring import (
+from prediction_pipeline.core.leaderboard import (
     leaderboard,
     leaderboard_from_parts,
     leaderboard_from_sums,
-    score_predictions,
 )
+from prediction_pipeline.core.scoring import score_predictions
 from prediction_pipeline.services.leaderboard import BOOTSTRAP_SEED, build_leaderboard
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import scoring as score_store

@@ -8,21 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prediction_pipeline.core.scoring import (
-    CALIBRATION_COLUMNS,
+from prediction_pipeline.core.calibration_chart import calibration_chart
+from prediction_pipeline.core.leaderboard import (
     LEADERBOARD_METRICS,
-    brier,
-    calibration_bins,
-    calibration_chart,
     calibration_from_sums,
     calibration_sums,
     cluster_bootstrap,
-    expected_calibration_error,
-    horizon_bucket,
     leaderboard,
     leaderboard_from_sums,
-    log_score,
     market_sums,
+)
+from prediction_pipeline.core.scoring import (
+    CALIBRATION_COLUMNS,
+    brier,
+    calibration_bins,
+    expected_calibration_error,
+    horizon_bucket,
+    log_score,
     score_predictions,
 )
 

@@ -7,12 +7,9 @@ import pandas as pd
 
 from prediction_pipeline.core.baselines import BASELINES, MOMENTUM_WINDOW_DAYS
 from prediction_pipeline.core.forecast import MarketContext
+from prediction_pipeline.core.leaderboard import leaderboard
 from prediction_pipeline.core.markets import MarketStatus
-from prediction_pipeline.core.scoring import (
-    expected_calibration_error,
-    leaderboard,
-    score_predictions,
-)
+from prediction_pipeline.core.scoring import expected_calibration_error, score_predictions
 from prediction_pipeline.core.synthetic import EPOCH, SyntheticUniverse
 
 DAY = dt.date(2026, 11, 2)

@@ -8,11 +8,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import sqlalchemy as sa
 
-from prediction_pipeline.core.scoring import (
-    DEFAULT_BINS,
-    calibration_from_sums,
-    leaderboard_from_parts,
-)
+from prediction_pipeline.core.leaderboard import calibration_from_sums, leaderboard_from_parts
+from prediction_pipeline.core.scoring import DEFAULT_BINS
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import scoring as score_store
 

@@ -47,7 +47,7 @@ def _brier(p, outcome):
 
 
 def _log_score(p, resolved_yes):
-    """ln of the probability given to what happened (the rule in core/scoring.py); NULL
+    """ln of the probability given to what happened (the rule in core.scoring); NULL
     when p is NULL (no market price)."""
     q = _clipped(p)
     return sa.case((resolved_yes, sa.func.ln(q)), else_=sa.func.ln(1.0 - q))
@@ -182,7 +182,7 @@ def read_leaderboard(conn: sa.Connection, dimension: str = "overall") -> pd.Data
 #
 # The leaderboard is built from SQL aggregates per (model, market[, bucket]): memory grows
 # with the number of markets, never with the number of predictions, and the bootstrap
-# (core.scoring.leaderboard_from_sums) resamples exactly those per-market rows.
+# (core.leaderboard.leaderboard_from_sums) resamples exactly those per-market rows.
 
 
 def _horizon_bucket_sql() -> sa.ColumnElement:
@@ -258,7 +258,7 @@ PART_ROWS = 20_000
 def leaderboard_market_sum_parts(
     conn: sa.Connection, key: str | None = None, cutoffs: dict[str, dt.date] | None = None
 ) -> Iterator[pd.DataFrame]:
-    """Per (model, market[, key]) sums (core.scoring.market_sums, computed by the database),
+    """Per (model, market[, key]) sums (core.leaderboard.market_sums, computed by the database),
     streamed in parts ordered by group, each group of (model[, key]) whole in one part: the
     caller holds one part at a time (a group's markets), not every model's markets at once."""
     fs = forecast_scores
@@ -332,7 +332,7 @@ def leaderboard_calibration_sums(
     cutoffs: dict[str, dt.date] | None = None,
     bins: int = 10,
 ) -> pd.DataFrame:
-    """Per (model[, key], bin): n, sum_p, sum_o (core.scoring.calibration_sums, in SQL)."""
+    """Per (model[, key], bin): n, sum_p, sum_o (core.leaderboard.calibration_sums, in SQL)."""
     fs = forecast_scores
     rows = _scored_rows(
         key, cutoffs or {}, _bin_sql(bins).label("bin"), fs.c.probability, fs.c.outcome

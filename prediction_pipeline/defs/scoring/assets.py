@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from prediction_pipeline.core.scoring import calibration_chart
+from prediction_pipeline.core.calibration_chart import calibration_chart
 from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.run_config import RunConfig
 from prediction_pipeline.resources import AppDatabase
