@@ -107,6 +107,41 @@ class DeliverySettings:
         store_ledger.check_lease(self.lease)
 
 
+def delivery_settings(
+    *,
+    chunk_size: int,
+    max_messages_per_second: float,
+    connections: int,
+    max_send_attempts: int,
+    retry_initial_wait_seconds: float,
+    retry_max_wait_seconds: float,
+    min_price_change: float,
+    pending_lease_minutes: float,
+    max_consecutive_failures: int,
+) -> DeliverySettings:
+    """DeliverySettings from the asset's run config (its units and names); raises ValueError
+    when they are invalid (a lease under MIN_LEASE...)."""
+    return DeliverySettings(
+        chunk_size=chunk_size,
+        max_messages_per_second=max_messages_per_second,
+        connections=connections,
+        retry=RetryPolicy(
+            max_attempts=max_send_attempts,
+            initial_wait=min(retry_initial_wait_seconds, retry_max_wait_seconds),
+            max_wait=retry_max_wait_seconds,
+        ),
+        min_price_change=min_price_change,
+        lease=dt.timedelta(minutes=pending_lease_minutes),
+        max_consecutive_failures=max_consecutive_failures,
+    )
+
+
+def claimant_run_ids(engine: sa.Engine, day: dt.date) -> list[str]:
+    """The runs holding `pending` claims for `day` (the caller tells which ones are dead)."""
+    with engine.connect() as conn:
+        return store_ledger.pending_run_ids(conn, day)
+
+
 @dataclass
 class DeliveryReport:
     considered: int = 0
