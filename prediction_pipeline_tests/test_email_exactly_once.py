@@ -26,9 +26,10 @@ from prediction_pipeline.core.digests import DigestRenderer
 from prediction_pipeline.core.markets import Market, MarketStatus
 from prediction_pipeline.defs.on_demand import jobs as on_demand_jobs
 from prediction_pipeline.resources import AppDatabase, DigestSettings
-from prediction_pipeline.services import digests as delivery
+from prediction_pipeline.services import digest_delivery as delivery
 from prediction_pipeline.services import on_demand, sessions
-from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
+from prediction_pipeline.services.digest_delivery import deliver_digests
+from prediction_pipeline.services.digest_settings import DeliverySettings
 from prediction_pipeline.store import digest_ledger, digest_ledger_checks
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import sessions as session_store

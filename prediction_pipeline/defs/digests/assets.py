@@ -1,4 +1,4 @@
-"""The `watchlist_digests` asset: one email per user and day, at most (see services/digests.py)."""
+"""The `watchlist_digests` asset: one email per user and day, at most (services.digest_delivery)."""
 
 import datetime as dt
 
@@ -9,13 +9,9 @@ from prediction_pipeline.defs.digests.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.digests.config import DigestsConfig
 from prediction_pipeline.partitions import daily_partitions
 from prediction_pipeline.resources import AppDatabase, DigestSettings, EmailTransportResource
-from prediction_pipeline.services.digests import (
-    DeliveryReport,
-    DeliverySettings,
-    claimant_run_ids,
-    deliver_digests,
-    delivery_settings,
-)
+from prediction_pipeline.services.digest_delivery import claimant_run_ids, deliver_digests
+from prediction_pipeline.services.digest_report import DeliveryReport
+from prediction_pipeline.services.digest_settings import DeliverySettings, delivery_settings
 
 # For unexpected errors (a database outage...). A retry resumes: users already sent are
 # skipped, only the rest are tried again. Incomplete deliveries (transient send failures) are
