@@ -10,19 +10,19 @@ How a delivery runs (`deliver_digests`):
 2. The users with news are *claimed* in one committed transaction: their rows become `pending`
    with `attempts + 1`, this delivery's claim token, the Dagster run id and a lease
    (`lease_expires_at`, on the database's clock). Then each digest is rendered and queued.
-3. `connections` sender threads, each with its own SMTP connection (or outbox session), take
-   messages from the queue at no more than `max_messages_per_second` in all
-   (`clients.rate_limit.ThreadPacer`: monotonic pacing, no bursts; services.digest_sending),
-   and retry transient
+3. `connections` sender threads (services.digest_sending), each with its own SMTP connection
+   (or outbox session), take messages from the queue at no more than `max_messages_per_second`
+   in all (`clients.rate_limit.ThreadPacer`: monotonic pacing, no bursts), and retry transient
    failures under the shared retry policy (`clients.http_retry.retrying_on`: exponential
    backoff with jitter; the ledger thread's commits retry through it too). After the
    pacing wait and right before each handover the claim gets a fresh lease (one committed
    update; a further attempt also counts `attempts + 1`), so the whole lease covers the send
    and the ledger counts what was handed to the transport. If the claim is no longer ours, the
    message is not sent. Permanent rejections (SMTP 5xx) are final: one attempt, `failed`.
-4. Outcomes are written back by one ledger thread (group commit: whatever finished since its
-   last commit goes into the next transaction): `sent` with the provider's id, `failed` with
-   the error and its kind, or *released* (claimed but never handed over: the batch stopped).
+4. Outcomes are written back by one ledger thread (services.digest_ledger_writer; group
+   commit: whatever finished since its last commit goes into the next transaction): `sent`
+   with the provider's id, `failed` with the error and its kind, or *released* (claimed but
+   never handed over: the batch stopped).
    Each write is fenced by the claim token: if another delivery took the row over meanwhile,
    nothing is written and the outcome counts as a *lost claim*, not as sent by this run.
 
