@@ -65,14 +65,19 @@ bench: install
 helm-schema:
 	deploy/helm/fetch_schema.sh
 
-# Mutation testing (not part of `make test`; long: see the README for a measured run of the six modules
-# below): mutmut mutates store/, services/ and clients/rate_limit.py ([tool.mutmut] in
-# pyproject.toml) and runs the fast SQLite tests against each mutant, then prints the score
-# per module and lists the survivors in .local/mutation/survivors.txt (`mutmut show NAME`).
+# Mutation testing (not part of `make test`; long: see the README for a measured run of these
+# modules before store/on_demand.py was split): mutmut mutates store/, services/ and
+# clients/rate_limit.py ([tool.mutmut] in pyproject.toml) and runs the fast SQLite tests
+# against each mutant, then prints the score per module and lists the survivors in
+# .local/mutation/survivors.txt (`mutmut show NAME`).
 # MUTANTS="" mutates every module under store/ and services/ (much longer).
 MUTANTS ?= prediction_pipeline.store.predictions.* prediction_pipeline.services.predict.* \
 	prediction_pipeline.clients.rate_limit.* prediction_pipeline.store.digest_ledger.* \
-	prediction_pipeline.services.digests.* prediction_pipeline.store.on_demand.*
+	prediction_pipeline.services.digest_delivery.* prediction_pipeline.services.digest_sending.* \
+	prediction_pipeline.services.digest_ledger_writer.* prediction_pipeline.store.credits.* \
+	prediction_pipeline.store.requests.* prediction_pipeline.store.sessions.* \
+	prediction_pipeline.store.queue_items.* prediction_pipeline.store.queue_recovery.* \
+	prediction_pipeline.store.alerts.*
 mutation: install
 	$(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/python tools/mutation_report.py --survivors .local/mutation/survivors.txt \

@@ -262,7 +262,8 @@ def settings_args(s: Settings) -> list[str]:
 def child_new(url: str, port: int, settings: Settings) -> dict:
     from prediction_pipeline.clients.email import SmtpTransport
     from prediction_pipeline.core.digests import DigestRenderer
-    from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
+    from prediction_pipeline.services.digest_delivery import deliver_digests
+    from prediction_pipeline.services.digest_settings import DeliverySettings
     from prediction_pipeline.store.db import make_engine
 
     engine = make_engine(url)

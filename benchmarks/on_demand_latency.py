@@ -83,9 +83,9 @@ from prediction_pipeline.defs.on_demand.jobs import prediction_request_job
 from prediction_pipeline.defs.on_demand.sensors import REQUEST_TAG
 from prediction_pipeline.resources import AppDatabase, Forecasters, MarketSourceResource
 from prediction_pipeline.services import on_demand
-from prediction_pipeline.store import migrate
+from prediction_pipeline.store import migrate, queue_items
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as on_demand_store
+from prediction_pipeline.store import requests as request_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import predictions
 from prediction_pipeline_tests.daemon_harness import (
@@ -229,12 +229,12 @@ def batch_predictions(engine: sa.Engine) -> int:
 
 def request_row(engine: sa.Engine, request_id: str) -> sa.Row:
     with engine.connect() as conn:
-        return on_demand_store.get_request(conn, request_id)
+        return request_store.get_request(conn, request_id)
 
 
 def finished(engine: sa.Engine, request_id: str) -> sa.Row | None:
     row = request_row(engine, request_id)
-    return row if row.status in on_demand_store.REQUEST_FINAL else None
+    return row if row.status in queue_items.REQUEST_FINAL else None
 
 
 # -- the baseline: the serverless design's fire-and-forget ----------------------------------
@@ -256,7 +256,7 @@ def fire_and_forget(
         worker.start()
         worker.join()
         row = request_row(engine, request_id)
-        assert row.status == on_demand_store.SUCCEEDED, (row.status, row.error)
+        assert row.status == queue_items.SUCCEEDED, (row.status, row.error)
         created = epoch(row.created_at)
         measured.append(
             {
@@ -503,7 +503,7 @@ def measure(
     assert run.status == dg.DagsterRunStatus.SUCCESS, failure_report(instance, records)
     assert run.job_name == prediction_request_job.name
     row = request_row(engine, request_id)
-    assert row.status == on_demand_store.SUCCEEDED, (row.status, row.error)
+    assert row.status == queue_items.SUCCEEDED, (row.status, row.error)
     events = run_event_times(instance, run.run_id, EVENTS)
     launching = [
         t

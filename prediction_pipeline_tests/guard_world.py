@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
+from prediction_pipeline.store import credits as credit_store
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store import users as user_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import markets
@@ -83,7 +83,7 @@ def new_user(engine: sa.Engine, credits: int = 0) -> int:
     with engine.begin() as conn:
         user, _ = user_store.add_user(conn, f"{unique('user')}@example.com")
         if credits:
-            on_demand_store.grant_credits(conn, user.id, credits)
+            credit_store.grant_credits(conn, user.id, credits)
     return user.id
 
 

@@ -24,7 +24,7 @@ from prediction_pipeline.resources import (
     default_resources,
 )
 from prediction_pipeline.services import alerts as alert_service
-from prediction_pipeline.store import on_demand as queue_store
+from prediction_pipeline.store import alerts as alert_store
 from prediction_pipeline.store.tables import run_failure_alerts as alerts_table
 from prediction_pipeline_tests.pipeline_helpers import partition
 
@@ -325,7 +325,7 @@ def test_one_process_sends_each_attempt(database_url, engine, flaky):
     processes that race for one attempt send one POST between them."""
     hook = flaky(failures=0)
     with engine.begin() as conn:
-        alert_id = queue_store.record_alert(
+        alert_id = alert_store.record_alert(
             conn,
             run_id="run-1",
             job_name="job",

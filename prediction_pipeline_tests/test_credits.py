@@ -16,9 +16,11 @@ from click.testing import CliRunner
 
 from prediction_pipeline.cli import main
 from prediction_pipeline.services import on_demand
-from prediction_pipeline.store import migrate
+from prediction_pipeline.store import credits as credit_store
+from prediction_pipeline.store import migrate, queue_items, queue_recovery
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as on_demand_store
+from prediction_pipeline.store import requests as request_store
+from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import (
     credit_ledger,
@@ -66,7 +68,7 @@ def count(engine, table, *where) -> int:
 def balance(engine, email=USER) -> int:
     with engine.connect() as conn:
         user_id = conn.scalar(sa.select(users.c.id).where(users.c.email == email))
-        return on_demand_store.balance(conn, user_id)
+        return credit_store.balance(conn, user_id)
 
 
 # -- real processes ------------------------------------------------------------------------
@@ -85,7 +87,7 @@ def _call(url, kind, market, models, key, barrier, results) -> None:
                 engine, market, models[0], user_email=USER, **options
             )
         results.put(("ok", item_id))
-    except on_demand_store.InsufficientCredits as exc:
+    except credit_store.InsufficientCredits as exc:
         results.put(("insufficient", str(exc)))
     except Exception as exc:  # reported to the test, which fails on any
         results.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -99,8 +101,8 @@ def _mark_done(url, session_id, model, barrier, results) -> None:
     barrier.wait()
     try:
         with engine.begin() as conn:
-            on_demand_store.set_model_progress(
-                conn, session_id, model, status=on_demand_store.SUCCEEDED, probability=0.5
+            session_store.set_model_progress(
+                conn, session_id, model, status=queue_items.SUCCEEDED, probability=0.5
             )
         results.put(("ok", model))
     except Exception as exc:
@@ -170,9 +172,7 @@ def test_same_idempotency_key_concurrently_gives_one_session_and_one_debit(
     assert count(engine, credit_ledger, credit_ledger.c.reason == "debit") == 1
     assert balance(engine) == 3
     # The same key for something else is a mistake, not a replay.
-    with pytest.raises(
-        on_demand_store.IdempotencyConflict, match="already used for another session"
-    ):
+    with pytest.raises(queue_items.IdempotencyConflict, match="already used for another session"):
         on_demand.create_session(engine, market_id, MODELS[:3], USER, idempotency_key="click-1")
     # Another key is another session.
     other = on_demand.create_session(engine, market_id, MODELS[:2], USER, idempotency_key="click-2")
@@ -189,7 +189,7 @@ def test_request_idempotency_key(engine, market_id):
     )
     assert again == first and balance(engine) == 2
     assert count(engine, prediction_requests) == 1
-    with pytest.raises(on_demand_store.IdempotencyConflict, match="another request"):
+    with pytest.raises(queue_items.IdempotencyConflict, match="another request"):
         on_demand.request_prediction(
             engine, market_id, MODELS[1], user_email=USER, idempotency_key="r-1"
         )
@@ -304,11 +304,9 @@ def test_refund_gives_back_what_was_charged(engine, market_id, monkeypatch):
     session_id = on_demand.create_session(engine, market_id, MODELS[:3], USER)
     monkeypatch.setattr(on_demand, "CREDITS_PER_MODEL", 4)  # the price changed since
     with engine.begin() as conn:
-        on_demand_store.set_model_progress(
-            conn, session_id, MODELS[0], status=on_demand_store.SUCCEEDED
-        )
-        on_demand_store.set_model_progress(
-            conn, session_id, MODELS[1], status=on_demand_store.FAILED, error="x"
+        session_store.set_model_progress(conn, session_id, MODELS[0], status=queue_items.SUCCEEDED)
+        session_store.set_model_progress(
+            conn, session_id, MODELS[1], status=queue_items.FAILED, error="x"
         )
     assert on_demand.settle_session(engine, session_id) == "partial"
     info = on_demand.status(engine, session_id)
@@ -331,16 +329,12 @@ def test_a_failed_request_is_refunded_once(engine, market_id):
     on_demand.grant(engine, USER, 1)
     request_id = on_demand.request_prediction(engine, market_id, MODELS[0], user_email=USER)
     assert balance(engine) == 0
-    with pytest.raises(
-        on_demand_store.InsufficientCredits, match="costs 1 credit; the balance is 0"
-    ):
+    with pytest.raises(credit_store.InsufficientCredits, match="costs 1 credit; the balance is 0"):
         on_demand.request_prediction(engine, market_id, MODELS[0], user_email=USER)
     with engine.begin() as conn:
-        assert on_demand_store.finish_request(conn, request_id, prediction_id=None, error="gave up")
+        assert request_store.finish_request(conn, request_id, prediction_id=None, error="gave up")
     with engine.begin() as conn:  # a second give-up (recovery racing the run) is a no-op
-        assert not on_demand_store.finish_request(
-            conn, request_id, prediction_id=None, error="again"
-        )
+        assert not request_store.finish_request(conn, request_id, prediction_id=None, error="again")
     info = on_demand.status(engine, request_id)
     assert info["status"] == "failed" and info["error"] == "gave up"
     assert info["credits_charged"] == 1 and info["credits_refunded"] == 1
@@ -355,14 +349,12 @@ def test_requeue_leaves_finished_work_alone(engine, market_id):
     session_id = on_demand.create_session(engine, market_id, [MODELS[0]], USER)
     request_id = on_demand.request_prediction(engine, market_id, MODELS[0], user_email=USER)
     with engine.begin() as conn:
-        on_demand_store.set_model_progress(
-            conn, session_id, MODELS[0], status=on_demand_store.SUCCEEDED
-        )
-        on_demand_store.finish_session(conn, session_id)
-        on_demand_store.finish_request(conn, request_id, prediction_id=None, error=None)
+        session_store.set_model_progress(conn, session_id, MODELS[0], status=queue_items.SUCCEEDED)
+        session_store.finish_session(conn, session_id)
+        request_store.finish_request(conn, request_id, prediction_id=None, error=None)
     with engine.begin() as conn:  # recovery acting on what it read before they finished
-        on_demand_store.requeue(conn, "session", session_id)
-        on_demand_store.requeue(conn, "request", request_id)
+        queue_recovery.requeue(conn, "session", session_id)
+        queue_recovery.requeue(conn, "request", request_id)
     assert on_demand.status(engine, session_id)["status"] == "completed"
     assert on_demand.status(engine, request_id)["status"] == "succeeded"
     with engine.connect() as conn:
@@ -373,8 +365,8 @@ def test_requeue_leaves_finished_work_alone(engine, market_id):
         ).scalars()
         assert list(launches) == [0, 0]
     with engine.begin() as conn:  # a late give-up changes nothing either
-        on_demand_store.fail_session(conn, session_id, "gave up late")
-        on_demand_store.finish_request(conn, request_id, prediction_id=None, error="gave up late")
+        session_store.fail_session(conn, session_id, "gave up late")
+        request_store.finish_request(conn, request_id, prediction_id=None, error="gave up late")
     assert on_demand.status(engine, session_id)["error"] is None
     assert on_demand.status(engine, request_id)["error"] is None
     assert balance(engine) == 0  # nothing refunded
@@ -439,7 +431,7 @@ def test_migration_moves_session_progress_to_rows_and_back(empty_database_url):
         )
     migrate.upgrade(engine)
     with engine.connect() as conn:
-        assert on_demand_store.session_progress(conn, "s1") == {
+        assert session_store.session_progress(conn, "s1") == {
             "a/b": {"status": "succeeded", "probability": 0.7},
             "c/d": {"status": "running"},
         }

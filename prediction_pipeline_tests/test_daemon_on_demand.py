@@ -44,9 +44,9 @@ from prediction_pipeline.defs.on_demand.jobs import prediction_request_job, pred
 from prediction_pipeline.defs.on_demand.sensors import REQUEST_TAG, SESSION_TAG
 from prediction_pipeline.resources import Forecasters
 from prediction_pipeline.services import on_demand
-from prediction_pipeline.store import migrate
+from prediction_pipeline.store import credits as credit_store
+from prediction_pipeline.store import migrate, queue_items
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import credit_ledger, prediction_failures, predictions
 from prediction_pipeline_tests.daemon_harness import (
@@ -180,12 +180,11 @@ def test_a_request_row_becomes_one_run_and_one_prediction(world, logs_on_failure
     request_id = on_demand.request_prediction(
         world.engine, world.market_id, "baseline/momentum", user_email="rex@example.com"
     )
-    assert on_demand.status(world.engine, request_id)["status"] == on_demand_store.QUEUED
+    assert on_demand.status(world.engine, request_id)["status"] == queue_items.QUEUED
 
     info = wait_until(
         lambda: (
-            (s := on_demand.status(world.engine, request_id))["status"]
-            in on_demand_store.REQUEST_FINAL
+            (s := on_demand.status(world.engine, request_id))["status"] in queue_items.REQUEST_FINAL
             and s
         ),
         timeout=REQUEST_TIMEOUT,
@@ -195,7 +194,7 @@ def test_a_request_row_becomes_one_run_and_one_prediction(world, logs_on_failure
     record = finished_run(world, {REQUEST_TAG: request_id})
     run = record.dagster_run
     assert run.status == dg.DagsterRunStatus.SUCCESS, failure_report(world.instance, [record])
-    assert info["status"] == on_demand_store.SUCCEEDED and info["error"] is None, info
+    assert info["status"] == queue_items.SUCCEEDED and info["error"] is None, info
     assert run.job_name == prediction_request_job.name
     assert run.tags["dagster/run_key"] == f"request:{request_id}:0"
     # Not under the per-model run limit (it would wait for a running batch of its model).
@@ -257,11 +256,11 @@ def test_a_session_with_a_failing_model_ends_partial_with_one_refund(world, logs
     assert run.tags["dagster/run_key"] == f"session:{session_id}:0"
     assert info["run_id"] == run.run_id
 
-    assert info["status"] == on_demand_store.PARTIAL, info
+    assert info["status"] == queue_items.PARTIAL, info
     assert {m: p["status"] for m, p in info["progress"].items()} == {
-        "baseline/market": on_demand_store.SUCCEEDED,
-        "baseline/momentum": on_demand_store.SUCCEEDED,
-        ONLINE: on_demand_store.FAILED,
+        "baseline/market": queue_items.SUCCEEDED,
+        "baseline/momentum": queue_items.SUCCEEDED,
+        ONLINE: queue_items.FAILED,
     }
     assert "503" in info["progress"][ONLINE]["error"], info["progress"][ONLINE]
     assert info["credits_charged"] == 3 and info["credits_refunded"] == 1 and info["balance"] == 3
@@ -280,7 +279,7 @@ def test_a_session_with_a_failing_model_ends_partial_with_one_refund(world, logs
         ).all()
     assert sorted(linked) == [("baseline/market", "session"), ("baseline/momentum", "session")]
     assert [tuple(row) for row in ledger] == [
-        ("debit", on_demand_store.SESSION_DEBIT_MODEL, -3),
+        ("debit", credit_store.SESSION_DEBIT_MODEL, -3),
         ("refund", ONLINE, 1),
     ]
     assert world.count(prediction_failures, prediction_failures.c.model_slug == ONLINE) == 1

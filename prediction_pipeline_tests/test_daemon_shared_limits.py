@@ -31,9 +31,8 @@ import sqlalchemy as sa
 
 from prediction_pipeline.defs.on_demand.sensors import REQUEST_TAG
 from prediction_pipeline.services import api_access, on_demand
-from prediction_pipeline.store import migrate
+from prediction_pipeline.store import migrate, queue_items
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import predictions
 from prediction_pipeline_tests.daemon_harness import (
@@ -148,7 +147,7 @@ def test_requests_run_beside_the_batch_within_one_budget(tmp_path):
     assert batch.status == dg.DagsterRunStatus.SUCCESS, failure_report(instance, records)
     assert batch.tags["dagster/partition/model"] == MODEL  # the batch keeps its run limit
     for request_id, info in finished.items():
-        assert info["status"] == on_demand_store.SUCCEEDED, info
+        assert info["status"] == queue_items.SUCCEEDED, info
         [record] = instance.get_run_records(dg.RunsFilter(tags={REQUEST_TAG: request_id}))
         assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS, failure_report(
             instance, [record]
@@ -214,7 +213,7 @@ def post_requests(engine: sa.Engine, markets: list[str]) -> list[str]:
 
 def final(engine: sa.Engine, request_id: str) -> dict | None:
     info = on_demand.status(engine, request_id)
-    return info if info["status"] in on_demand_store.REQUEST_FINAL else None
+    return info if info["status"] in queue_items.REQUEST_FINAL else None
 
 
 def count(engine: sa.Engine, *where) -> int:

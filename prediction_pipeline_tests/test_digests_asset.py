@@ -400,7 +400,8 @@ CRASHING_DELIVERY = textwrap.dedent(
     import datetime as dt, os, sys
     from prediction_pipeline.clients.email import SmtpTransport
     from prediction_pipeline.core.digests import DigestRenderer
-    from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
+    from prediction_pipeline.services.digest_delivery import deliver_digests
+    from prediction_pipeline.services.digest_settings import DeliverySettings
     from prediction_pipeline.store.db import make_engine
 
     class CrashAfterAccept:

@@ -26,12 +26,13 @@ from prediction_pipeline.core.digests import DigestRenderer
 from prediction_pipeline.core.markets import Market, MarketStatus
 from prediction_pipeline.defs.on_demand import jobs as on_demand_jobs
 from prediction_pipeline.resources import AppDatabase, DigestSettings
-from prediction_pipeline.services import digests as delivery
+from prediction_pipeline.services import digest_delivery as delivery
 from prediction_pipeline.services import on_demand, sessions
-from prediction_pipeline.services.digests import DeliverySettings, deliver_digests
+from prediction_pipeline.services.digest_delivery import deliver_digests
+from prediction_pipeline.services.digest_settings import DeliverySettings
 from prediction_pipeline.store import digest_ledger, digest_ledger_checks
 from prediction_pipeline.store import markets as market_store
-from prediction_pipeline.store import on_demand as on_demand_store
+from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline.store import users as user_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import digest_deliveries
@@ -423,7 +424,7 @@ def session_id(engine) -> str:
     on_demand.grant(engine, "ada@example.com", 3)
     sid = on_demand.create_session(engine, "two-lines", ["baseline/market"], "ada@example.com")
     with engine.begin() as conn:
-        on_demand_store.start_session(conn, sid, "run-1")
+        session_store.start_session(conn, sid, "run-1")
     on_demand.settle_session(engine, sid)
     return sid
 
@@ -449,7 +450,7 @@ def test_a_notification_that_cannot_be_built_is_not_claimed(
     with pytest.raises(ValueError, match="cannot build"):
         notify(database_url, smtp, session_id)
     with engine.connect() as conn:
-        assert on_demand_store.get_session(conn, session_id).notified_at is None  # not claimed
+        assert session_store.get_session(conn, session_id).notified_at is None  # not claimed
     monkeypatch.undo()
     notify(database_url, smtp, session_id)  # the op's retry
     notify(database_url, smtp, session_id)  # and one more: already notified
@@ -463,4 +464,4 @@ def test_a_question_with_a_newline_is_notified_exactly_once(database_url, engine
     assert message.message["Subject"].endswith(": Will it rain in Paris?")
     assert "Will it rain\nin Paris?" in message.message.get_content()
     with engine.connect() as conn:
-        assert on_demand_store.get_session(conn, session_id).notified_at is not None
+        assert session_store.get_session(conn, session_id).notified_at is not None

@@ -23,8 +23,11 @@ from prediction_pipeline.resources import (
 )
 from prediction_pipeline.services import on_demand
 from prediction_pipeline.services.recovery import RECOVERY_GRACE_SECONDS, recover_dead_work
+from prediction_pipeline.store import alerts as alert_store
+from prediction_pipeline.store import credits as credit_store
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as on_demand_store
+from prediction_pipeline.store import queue_items
+from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline.store.tables import credit_ledger, predictions
 from prediction_pipeline_tests.fakes.openrouter_server import FakeOpenRouterServer, Fault
 from prediction_pipeline_tests.pipeline_helpers import ingest_days
@@ -195,19 +198,17 @@ def test_a_failed_request_fails_its_run_and_raises_one_alert(world, engine, data
     ).for_run_failure()
     run_failure_alerts(context)
     with engine.connect() as conn:
-        [alert] = on_demand_store.alerts(conn)
+        [alert] = alert_store.alerts(conn)
     assert alert.run_id == result.run_id and alert.job_name == prediction_request_job.name
     assert request_id in alert.error and "OPENROUTER_API_KEY is not set" in alert.error
 
 
 def test_not_enough_credits_queues_nothing(world, engine):
     on_demand.grant(engine, USER, 1)
-    with pytest.raises(
-        on_demand_store.InsufficientCredits, match="costs 2 credits; the balance is 1"
-    ):
+    with pytest.raises(credit_store.InsufficientCredits, match="costs 2 credits; the balance is 1"):
         on_demand.create_session(engine, world["market"].id, ["baseline/market", ONLINE], USER)
     assert tick(prediction_sessions_sensor, world) == []
-    with pytest.raises(on_demand_store.UnknownModel):
+    with pytest.raises(queue_items.UnknownModel):
         on_demand.create_session(engine, world["market"].id, ["nope/nope"], USER)
 
 
@@ -220,7 +221,7 @@ def test_a_dead_session_run_is_relaunched_without_double_charge(world, engine):
     # The run dies after one model: run only its research step and one model step, then
     # mark the run failed, as run monitoring would after its worker vanished.
     with engine.begin() as conn:
-        on_demand_store.start_session(conn, session_id, "dead-run")
+        session_store.start_session(conn, session_id, "dead-run")
     on_demand.predict_session_model(
         engine,
         world["resources"]["forecasters"].build,

@@ -13,10 +13,13 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from prediction_pipeline.store import credits as credit_store
 from prediction_pipeline.store import digest_ledger as ledger
 from prediction_pipeline.store import digest_ledger_checks as ledger_checks
-from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.store import queue_items, queue_recovery
+from prediction_pipeline.store import requests as request_store
+from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline.store.tables import (
     credit_ledger,
     digest_deliveries,
@@ -421,7 +424,7 @@ def test_unresolved_and_counts_follow_the_ledger(engine):
 
 def balance(engine, user_id) -> int:
     with engine.connect() as conn:
-        return on_demand_store.balance(conn, user_id)
+        return credit_store.balance(conn, user_id)
 
 
 def ledger_rows(engine, user_id) -> list:
@@ -432,10 +435,10 @@ def test_a_debit_of_exactly_the_balance_goes_through_and_one_more_is_refused(eng
     market, models = new_market(engine), [new_model(engine) for _ in range(3)]
     user = new_user(engine, credits=3)
     with engine.begin() as conn:
-        session_id = on_demand_store.create_session(conn, user, market, models)
+        session_id = session_store.create_session(conn, user, market, models)
     assert balance(engine, user) == 0
-    with pytest.raises(on_demand_store.InsufficientCredits) as refused, engine.begin() as conn:
-        on_demand_store.enqueue_request(conn, market, models[0], user_id=user)
+    with pytest.raises(credit_store.InsufficientCredits) as refused, engine.begin() as conn:
+        request_store.enqueue_request(conn, market, models[0], user_id=user)
     assert (refused.value.required, refused.value.balance) == (1, 0)
     assert len(ledger_rows(engine, user)) == 2  # the grant and the session's one debit
     [debit] = [r for r in ledger_rows(engine, user) if r.reason == "debit"]
@@ -445,40 +448,36 @@ def test_a_debit_of_exactly_the_balance_goes_through_and_one_more_is_refused(eng
 def test_a_debit_one_credit_over_the_balance_writes_nothing(engine):
     market, models = new_market(engine), [new_model(engine) for _ in range(3)]
     user = new_user(engine, credits=2)
-    with pytest.raises(on_demand_store.InsufficientCredits) as refused, engine.begin() as conn:
-        on_demand_store.create_session(conn, user, market, models)
+    with pytest.raises(credit_store.InsufficientCredits) as refused, engine.begin() as conn:
+        session_store.create_session(conn, user, market, models)
     assert (refused.value.required, refused.value.balance) == (3, 2)
     assert balance(engine, user) == 2
     assert rows(engine, prediction_sessions, prediction_sessions.c.user_id == user) == []
-    with pytest.raises(on_demand_store.InsufficientCredits), engine.begin() as conn:
-        on_demand_store.enqueue_request(conn, market, models[0], user_id=user, credits=3)
+    with pytest.raises(credit_store.InsufficientCredits), engine.begin() as conn:
+        request_store.enqueue_request(conn, market, models[0], user_id=user, credits=3)
     with engine.begin() as conn:
-        request_id = on_demand_store.enqueue_request(
-            conn, market, models[0], user_id=user, credits=2
-        )
+        request_id = request_store.enqueue_request(conn, market, models[0], user_id=user, credits=2)
     assert balance(engine, user) == 0
     [request] = rows(engine, prediction_requests, prediction_requests.c.id == request_id)
-    assert (request.status, request.credits_charged) == (on_demand_store.QUEUED, 2)
+    assert (request.status, request.credits_charged) == (queue_items.QUEUED, 2)
 
 
 def test_a_second_refund_of_a_request_changes_nothing(engine):
     market, model = new_market(engine), new_model(engine)
     user = new_user(engine, credits=5)
     with engine.begin() as conn:
-        request_id = on_demand_store.enqueue_request(conn, market, model, user_id=user, credits=2)
+        request_id = request_store.enqueue_request(conn, market, model, user_id=user, credits=2)
     with engine.begin() as conn:
-        assert on_demand_store.finish_request(conn, request_id, prediction_id=None, error="503")
+        assert request_store.finish_request(conn, request_id, prediction_id=None, error="503")
     assert balance(engine, user) == 5
     before = (ledger_rows(engine, user), balance(engine, user))
     with engine.begin() as conn:
-        assert not on_demand_store.refund_request(conn, request_id)
-        assert not on_demand_store.finish_request(
-            conn, request_id, prediction_id=None, error="again"
-        )
+        assert not request_store.refund_request(conn, request_id)
+        assert not request_store.finish_request(conn, request_id, prediction_id=None, error="again")
     assert (ledger_rows(engine, user), balance(engine, user)) == before
     [request] = rows(engine, prediction_requests, prediction_requests.c.id == request_id)
     assert (request.status, request.credits_refunded, request.error) == (
-        on_demand_store.FAILED,
+        queue_items.FAILED,
         2,
         "503",
     )
@@ -491,37 +490,35 @@ def test_a_succeeded_request_is_not_refunded(engine):
     market, model = new_market(engine), new_model(engine)
     user = new_user(engine, credits=1)
     with engine.begin() as conn:
-        request_id = on_demand_store.enqueue_request(conn, market, model, user_id=user)
-        assert on_demand_store.finish_request(conn, request_id, prediction_id=None, error=None)
+        request_id = request_store.enqueue_request(conn, market, model, user_id=user)
+        assert request_store.finish_request(conn, request_id, prediction_id=None, error=None)
     assert balance(engine, user) == 0
     [request] = rows(engine, prediction_requests, prediction_requests.c.id == request_id)
-    assert (request.status, request.credits_refunded) == (on_demand_store.SUCCEEDED, 0)
+    assert (request.status, request.credits_refunded) == (queue_items.SUCCEEDED, 0)
 
 
 def test_a_second_refund_of_a_session_model_changes_nothing(engine):
     market, models = new_market(engine), [new_model(engine) for _ in range(3)]
     user = new_user(engine, credits=6)
     with engine.begin() as conn:
-        session_id = on_demand_store.create_session(conn, user, market, models, credits_per_model=2)
-        on_demand_store.set_model_progress(
-            conn, session_id, models[0], status=on_demand_store.SUCCEEDED
-        )
-        on_demand_store.set_model_progress(
-            conn, session_id, models[1], status=on_demand_store.FAILED, error="x"
+        session_id = session_store.create_session(conn, user, market, models, credits_per_model=2)
+        session_store.set_model_progress(conn, session_id, models[0], status=queue_items.SUCCEEDED)
+        session_store.set_model_progress(
+            conn, session_id, models[1], status=queue_items.FAILED, error="x"
         )
     with engine.begin() as conn:
-        assert on_demand_store.refund_model(conn, session_id, models[1])
+        assert session_store.refund_model(conn, session_id, models[1])
     before = (ledger_rows(engine, user), balance(engine, user))
     assert before[1] == 2
     with engine.begin() as conn:
-        assert not on_demand_store.refund_model(conn, session_id, models[1])
+        assert not session_store.refund_model(conn, session_id, models[1])
     assert (ledger_rows(engine, user), balance(engine, user)) == before
     with engine.begin() as conn:  # settling refunds the model left unfinished, once
-        assert on_demand_store.finish_session(conn, session_id) == on_demand_store.PARTIAL
-        assert on_demand_store.finish_session(conn, session_id) == on_demand_store.PARTIAL
-        assert on_demand_store.fail_session(conn, session_id, "late") == on_demand_store.PARTIAL
-        assert not on_demand_store.set_model_progress(
-            conn, session_id, models[2], status=on_demand_store.SUCCEEDED
+        assert session_store.finish_session(conn, session_id) == queue_items.PARTIAL
+        assert session_store.finish_session(conn, session_id) == queue_items.PARTIAL
+        assert session_store.fail_session(conn, session_id, "late") == queue_items.PARTIAL
+        assert not session_store.set_model_progress(
+            conn, session_id, models[2], status=queue_items.SUCCEEDED
         )
     assert balance(engine, user) == 4
     [session] = rows(engine, prediction_sessions, prediction_sessions.c.id == session_id)
@@ -534,24 +531,24 @@ def test_a_session_is_notified_once_unless_the_send_is_released(engine):
     market, model = new_market(engine), new_model(engine)
     user = new_user(engine, credits=1)
     with engine.begin() as conn:
-        session_id = on_demand_store.create_session(conn, user, market, [model])
-        assert on_demand_store.mark_notified(conn, session_id)
+        session_id = session_store.create_session(conn, user, market, [model])
+        assert session_store.mark_notified(conn, session_id)
     with engine.begin() as conn:  # a second launch of the notified session
-        assert not on_demand_store.mark_notified(conn, session_id)
-        on_demand_store.release_notification(conn, session_id)  # the send failed: the retry sends
-        assert on_demand_store.mark_notified(conn, session_id)
-        assert not on_demand_store.mark_notified(conn, session_id)
+        assert not session_store.mark_notified(conn, session_id)
+        session_store.release_notification(conn, session_id)  # the send failed: the retry sends
+        assert session_store.mark_notified(conn, session_id)
+        assert not session_store.mark_notified(conn, session_id)
 
 
 def test_requeue_and_start_leave_finished_work_alone(engine):
     market, model = new_market(engine), new_model(engine)
     user = new_user(engine, credits=2)
     with engine.begin() as conn:
-        done = on_demand_store.enqueue_request(conn, market, model, user_id=user)
-        on_demand_store.finish_request(conn, done, prediction_id=None, error=None)
-        waiting = on_demand_store.enqueue_request(conn, market, model, user_id=user)
+        done = request_store.enqueue_request(conn, market, model, user_id=user)
+        request_store.finish_request(conn, done, prediction_id=None, error=None)
+        waiting = request_store.enqueue_request(conn, market, model, user_id=user)
     with engine.begin() as conn:
-        assert not on_demand_store.requeue(conn, "request", done)
-        assert on_demand_store.requeue(conn, "request", waiting)
+        assert not queue_recovery.requeue(conn, "request", done)
+        assert queue_recovery.requeue(conn, "request", waiting)
     [row] = rows(engine, prediction_requests, prediction_requests.c.id == waiting)
-    assert (row.status, row.launches) == (on_demand_store.QUEUED, 1)
+    assert (row.status, row.launches) == (queue_items.QUEUED, 1)

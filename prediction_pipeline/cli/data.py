@@ -207,7 +207,10 @@ def _set_enabled(obj: Context, slug: str, enabled: bool) -> None:
 @click.argument("slug")
 @click.pass_obj
 def models_enable(obj: Context, slug: str) -> None:
-    """Enable a model: the daily schedule forecasts with it."""
+    """Enable a model: its predictions are requested each day once that day's markets are in.
+
+    The `pipeline_automation` sensor asks for today's partition on its next tick when today's
+    markets are already in."""
     _set_enabled(obj, slug, True)
 
 
@@ -215,7 +218,7 @@ def models_enable(obj: Context, slug: str) -> None:
 @click.argument("slug")
 @click.pass_obj
 def models_disable(obj: Context, slug: str) -> None:
-    """Disable a model: the daily schedule leaves it out."""
+    """Disable a model: its predictions are no longer requested (its history stays)."""
     _set_enabled(obj, slug, False)
 
 

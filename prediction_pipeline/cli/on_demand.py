@@ -124,10 +124,10 @@ def status(obj: Context, item_id: str, as_json: bool) -> None:
 @click.pass_obj
 def alerts(obj: Context, limit: int) -> None:
     """Recent run-failure alerts."""
-    from prediction_pipeline.store import on_demand as on_demand_store
+    from prediction_pipeline.store import alerts as alert_store
 
     with obj.engine.connect() as conn:
-        rows = on_demand_store.alerts(conn, limit)
+        rows = alert_store.alerts(conn, limit)
     if not rows:
         click.echo("no alerts")
     for row in rows:

@@ -24,7 +24,7 @@ import dagster as dg
 
 from prediction_pipeline.partitions import parse_model_day_key
 from prediction_pipeline.resources import AppDatabase, default_resources
-from prediction_pipeline.store import models as model_store
+from prediction_pipeline.services.models import model_slugs
 
 AC = dg.AutomationCondition
 
@@ -58,7 +58,7 @@ class ModelEnabled(dg.AutomationCondition):
         if candidates.is_empty:  # no query when nothing is asked about
             return dg.AutomationResult(context, candidates)
         with _app_database().connect() as conn:
-            enabled = {m.slug for m in model_store.list_models(conn, enabled_only=True)}
+            enabled = set(model_slugs(conn, enabled_only=True))
         keys = {
             key
             for key in candidates.expensively_compute_partition_keys()

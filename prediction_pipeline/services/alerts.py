@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from prediction_pipeline.clients.webhook import WebhookClient, WebhookDeliveryError
-from prediction_pipeline.store import on_demand as on_demand_store
+from prediction_pipeline.store import alerts as alert_store
 
 MAX_ALERT_ATTEMPTS = 6
 #: Pause before the n-th retry: RETRY_BASE * 2**(n-1): 1, 2, 4, 8, 16 minutes.
@@ -69,7 +69,7 @@ def report_run_failure(
     one is configured. None when the run's alert was already recorded (a second tick)."""
     channels = ["log"] + (["webhook"] if webhook else [])
     with engine.begin() as conn:
-        alert_id = on_demand_store.record_alert(
+        alert_id = alert_store.record_alert(
             conn,
             run_id=run_id,
             job_name=job_name,
@@ -100,13 +100,13 @@ def deliver(
     """One delivery attempt of `alert`: True when delivered, False when it failed (the row
     keeps the reason), None when another sensor claimed this attempt first."""
     with engine.begin() as conn:
-        if not on_demand_store.claim_alert_delivery(conn, alert.id, seen_attempts=seen_attempts):
+        if not alert_store.claim_alert_delivery(conn, alert.id, seen_attempts=seen_attempts):
             return None
     try:
         webhook.post(alert.payload())
     except WebhookDeliveryError as exc:
         with engine.begin() as conn:
-            on_demand_store.finish_alert_delivery(conn, alert.id, error=str(exc))
+            alert_store.finish_alert_delivery(conn, alert.id, error=str(exc))
         if log:
             attempt = seen_attempts + 1
             more = "retried later" if attempt < MAX_ALERT_ATTEMPTS else "giving up"
@@ -116,7 +116,7 @@ def deliver(
             )
         return False
     with engine.begin() as conn:
-        on_demand_store.finish_alert_delivery(conn, alert.id, error=None)
+        alert_store.finish_alert_delivery(conn, alert.id, error=None)
     return True
 
 
@@ -140,7 +140,7 @@ def retry_undelivered(
     """Try again every undelivered alert that is due; counts of what happened."""
     counts = {"delivered": 0, "failed": 0, "waiting": 0, "claimed_elsewhere": 0}
     with engine.connect() as conn:
-        rows = on_demand_store.undelivered_alerts(conn, max_attempts=MAX_ALERT_ATTEMPTS)
+        rows = alert_store.undelivered_alerts(conn, max_attempts=MAX_ALERT_ATTEMPTS)
     for row in rows:
         if not is_due(row, now):
             counts["waiting"] += 1

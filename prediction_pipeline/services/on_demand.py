@@ -21,18 +21,21 @@ from prediction_pipeline.core.prompts import build_research_messages
 from prediction_pipeline.services.forecasters import Forecaster
 from prediction_pipeline.services.predict import PredictionTask, run_predictions
 from prediction_pipeline.services.spend import SpendGuard
+from prediction_pipeline.store import credits as credit_store
 from prediction_pipeline.store import markets as market_store
 from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import on_demand as on_demand_store
 from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.store import queue_items
+from prediction_pipeline.store import requests as request_store
+from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline.store import users as user_store
 
 CREDITS_PER_MODEL = 1
 
 # What callers (the CLI, the HTTP API) catch and show, from the store that enforces it.
-InsufficientCredits = on_demand_store.InsufficientCredits
-IdempotencyConflict = on_demand_store.IdempotencyConflict
-MAX_GRANT, MAX_MODELS = on_demand_store.MAX_GRANT, on_demand_store.MAX_MODELS
+InsufficientCredits = credit_store.InsufficientCredits
+IdempotencyConflict = queue_items.IdempotencyConflict
+MAX_GRANT, MAX_MODELS = credit_store.MAX_GRANT, session_store.MAX_MODELS
 
 # Builds the forecaster of a registered model (resources.Forecasters.build in production).
 ForecasterFactory = Callable[[model_store.ModelSpec], Forecaster]
@@ -76,9 +79,9 @@ def request_prediction(
     request id at once (the work runs in Dagster). A failed request is refunded what it
     was charged. The same idempotency key again returns the first id and charges nothing."""
     _check_flag("web_search", web_search)
-    key = on_demand_store.check_idempotency_key(idempotency_key)
+    key = queue_items.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
-        return on_demand_store.enqueue_request(
+        return request_store.enqueue_request(
             conn,
             _market_id(conn, market_ref),
             model,
@@ -100,11 +103,11 @@ def create_session(
 ) -> str:
     """Check and debit credits and queue the session in one transaction; returns its id.
     The same idempotency key again returns the first id and charges nothing."""
-    slugs = on_demand_store.check_model_slugs(models)  # before any lock: bad input writes nothing
+    slugs = session_store.check_model_slugs(models)  # before any lock: bad input writes nothing
     _check_flag("web_search", web_search)
-    key = on_demand_store.check_idempotency_key(idempotency_key)
+    key = queue_items.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
-        return on_demand_store.create_session(
+        return session_store.create_session(
             conn,
             _user_id(conn, user_email),
             _market_id(conn, market_ref),
@@ -126,17 +129,17 @@ def grant(
     """Top a user up (created if needed); returns the new balance. Credits are a whole
     number from 1 to MAX_GRANT, checked before anything is written. The same idempotency
     key again for the same user grants nothing."""
-    credits = on_demand_store.check_credits(credits)
-    key = on_demand_store.check_idempotency_key(idempotency_key)
+    credits = credit_store.check_credits(credits)
+    key = queue_items.check_idempotency_key(idempotency_key)
     with engine.begin() as conn:
         user, _ = user_store.add_user(conn, email)
-        return on_demand_store.grant_credits(conn, user.id, credits, note, idempotency_key=key)
+        return credit_store.grant_credits(conn, user.id, credits, note, idempotency_key=key)
 
 
 def status(engine: sa.Engine, item_id: str) -> dict:
     """Where a request or session stands; `status` first."""
     with engine.connect() as conn:
-        request = on_demand_store.get_request(conn, item_id)
+        request = request_store.get_request(conn, item_id)
         if request is not None:
             return {
                 "status": request.status,
@@ -147,13 +150,11 @@ def status(engine: sa.Engine, item_id: str) -> dict:
                 "prediction_id": request.prediction_id,
                 "credits_charged": request.credits_charged,
                 "credits_refunded": request.credits_refunded,
-                "balance": on_demand_store.balance(conn, request.user_id)
-                if request.user_id
-                else None,
+                "balance": credit_store.balance(conn, request.user_id) if request.user_id else None,
                 "error": request.error,
                 "run_id": request.run_id,
             }
-        session = on_demand_store.get_session(conn, item_id)
+        session = session_store.get_session(conn, item_id)
         if session is not None:
             return {
                 "status": session.status,
@@ -164,7 +165,7 @@ def status(engine: sa.Engine, item_id: str) -> dict:
                 "progress": session.progress,
                 "credits_charged": session.credits_charged,
                 "credits_refunded": session.credits_refunded,
-                "balance": on_demand_store.balance(conn, session.user_id),
+                "balance": credit_store.balance(conn, session.user_id),
                 "error": session.error,
                 "run_id": session.run_id,
             }
@@ -177,13 +178,13 @@ def status(engine: sa.Engine, item_id: str) -> dict:
 def queued_requests(engine: sa.Engine, limit: int = 100) -> list[sa.Row]:
     """Requests waiting for a run (oldest first): what the requests sensor launches."""
     with engine.connect() as conn:
-        return on_demand_store.queued_requests(conn, limit=limit)
+        return request_store.queued_requests(conn, limit=limit)
 
 
 def queued_sessions(engine: sa.Engine, limit: int = 100) -> list[sa.Row]:
     """Sessions waiting for a run (oldest first): what the sessions sensor launches."""
     with engine.connect() as conn:
-        return on_demand_store.queued_sessions(conn, limit=limit)
+        return session_store.queued_sessions(conn, limit=limit)
 
 
 # -- execution -----------------------------------------------------------------------------
@@ -273,12 +274,10 @@ def fulfil_request(
     run_id: str,
 ) -> ModelOutcome:
     with engine.begin() as conn:
-        request = on_demand_store.get_request(conn, request_id, lock=True)
+        request = request_store.get_request(conn, request_id, lock=True)
         if request is None:
             raise LookupError(f"no request {request_id}")
-        if (
-            request.status in on_demand_store.REQUEST_FINAL
-        ):  # a retry or re-execution: nothing to do
+        if request.status in queue_items.REQUEST_FINAL:  # a retry or re-execution: nothing to do
             stored = prediction_store.linked_prediction(
                 conn, request.model_slug, request_id=request_id
             )
@@ -286,7 +285,7 @@ def fulfil_request(
             return ModelOutcome(
                 request.model_slug, request.prediction_id, probability, request.error
             )
-        on_demand_store.start_request(conn, request_id, run_id)
+        request_store.start_request(conn, request_id, run_id)
     with engine.connect() as conn:
         ctx = _context(conn, request.market_id)
     outcome = _predict_one(
@@ -300,7 +299,7 @@ def fulfil_request(
         run_id=run_id,
     )
     with engine.begin() as conn:
-        on_demand_store.finish_request(
+        request_store.finish_request(
             conn, request_id, prediction_id=outcome.prediction_id, error=outcome.error
         )
     return outcome
@@ -331,13 +330,13 @@ def research_session(
     """Start the session; when web search was asked, research the question once with the
     first web-capable (OpenRouter) model of the session. Returns (models to run, notes)."""
     with engine.begin() as conn:
-        session = on_demand_store.get_session(conn, session_id, lock=True)
+        session = session_store.get_session(conn, session_id, lock=True)
         if session is None:
             raise LookupError(f"no session {session_id}")
-        if session.status in on_demand_store.SESSION_FINAL:
+        if session.status in queue_items.SESSION_FINAL:
             return [], session.research
-        on_demand_store.start_session(conn, session_id, run_id)
-        on_demand_store.set_session_step(conn, session_id, "research")
+        session_store.start_session(conn, session_id, run_id)
+        session_store.set_session_step(conn, session_id, "research")
     notes = session.research
     if session.web_search and notes is None:
         with engine.connect() as conn:
@@ -358,11 +357,11 @@ def research_session(
             except Exception as exc:  # research is optional: forecast without it
                 notes = f"(research failed: {type(exc).__name__})"
     with engine.begin() as conn:
-        on_demand_store.set_session_step(conn, session_id, "predicting", research=notes or "")
+        session_store.set_session_step(conn, session_id, "predicting", research=notes or "")
     pending = [
         m
         for m in session.models
-        if session.progress.get(m, {}).get("status") != on_demand_store.SUCCEEDED
+        if session.progress.get(m, {}).get("status") != queue_items.SUCCEEDED
     ]
     return pending, notes
 
@@ -377,8 +376,8 @@ def predict_session_model(
 ) -> ModelOutcome:
     """One model of a session; its progress is visible as soon as it is done."""
     with engine.begin() as conn:
-        session = on_demand_store.get_session(conn, session_id)
-        on_demand_store.set_model_progress(conn, session_id, model, status=on_demand_store.RUNNING)
+        session = session_store.get_session(conn, session_id)
+        session_store.set_model_progress(conn, session_id, model, status=queue_items.RUNNING)
     with engine.connect() as conn:
         ctx = _context(conn, session.market_id, research=session.research or None)
     outcome = _predict_one(
@@ -393,20 +392,20 @@ def predict_session_model(
     )
     with engine.begin() as conn:
         if outcome.prediction_id is not None:
-            on_demand_store.set_model_progress(
+            session_store.set_model_progress(
                 conn,
                 session_id,
                 model,
-                status=on_demand_store.SUCCEEDED,
+                status=queue_items.SUCCEEDED,
                 prediction_id=outcome.prediction_id,
                 probability=outcome.probability,
             )
         else:
-            on_demand_store.set_model_progress(
+            session_store.set_model_progress(
                 conn,
                 session_id,
                 model,
-                status=on_demand_store.FAILED,
+                status=queue_items.FAILED,
                 error=(outcome.error or "")[:500],
             )
     return outcome
@@ -416,4 +415,4 @@ def settle_session(engine: sa.Engine, session_id: str) -> str:
     """Final status and refunds for the models that failed (each refunded what it was
     charged, at most once)."""
     with engine.begin() as conn:
-        return on_demand_store.finish_session(conn, session_id)
+        return session_store.finish_session(conn, session_id)

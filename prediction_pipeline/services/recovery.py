@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from prediction_pipeline.store import on_demand as on_demand_store
+from prediction_pipeline.store import queue_items, queue_recovery
+from prediction_pipeline.store import requests as request_store
+from prediction_pipeline.store import sessions as session_store
 
 MAX_LAUNCHES = 3  # a request or session whose runs died this many times fails, refunded
 RECOVERY_GRACE_SECONDS = 120  # leave young rows to their sensor and run
@@ -48,7 +50,7 @@ def recover_dead_work(
     MAX_LAUNCHES launches; counts of what happened."""
     counts = {"requeued": 0, "failed": 0, "alive": 0}
     with engine.connect() as conn:
-        items = on_demand_store.unfinished_items(conn)
+        items = queue_recovery.unfinished_items(conn)
     for kind, item_id, status, updated_at, launches in items:
         if (now - updated_at).total_seconds() < RECOVERY_GRACE_SECONDS:
             continue
@@ -56,20 +58,20 @@ def recover_dead_work(
         if run is not None and run.alive:
             counts["alive"] += 1
             continue
-        if run is None and status == on_demand_store.QUEUED:
+        if run is None and status == queue_items.QUEUED:
             continue  # not launched yet: its sensor will (or is turned off)
         reason = f"run {run.run_id} ended {run.status}" if run else "no run found"
         with engine.begin() as conn:
             if launches + 1 < MAX_LAUNCHES:
                 # False when it finished since `items` was read: nothing to recover.
-                counts["requeued"] += on_demand_store.requeue(conn, kind, item_id)
+                counts["requeued"] += queue_recovery.requeue(conn, kind, item_id)
             elif kind == REQUEST:
-                on_demand_store.finish_request(
+                request_store.finish_request(
                     conn, item_id, prediction_id=None, error=f"gave up: {reason}"
                 )
                 counts["failed"] += 1
             else:
-                on_demand_store.fail_session(conn, item_id, f"gave up: {reason}")
+                session_store.fail_session(conn, item_id, f"gave up: {reason}")
                 counts["failed"] += 1
         if log:
             log(f"{kind} {item_id}: {reason}; launches={launches + 1}")

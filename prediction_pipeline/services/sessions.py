@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from prediction_pipeline.clients.email import EmailTransport, OutgoingEmail, envelope_address
 from prediction_pipeline.core.notifications import session_message, session_summary
 from prediction_pipeline.store import markets as market_store
-from prediction_pipeline.store import on_demand as on_demand_store
+from prediction_pipeline.store import queue_items
+from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline.store import users as user_store
 
 
@@ -70,7 +71,7 @@ def notify_session(
     """Email the session's user once (see the module's docstring for the order of steps).
     `open_transport` is called only when there is a message to send."""
     with engine.connect() as conn:
-        session = on_demand_store.get_session(conn, session_id)
+        session = session_store.get_session(conn, session_id)
         user = user_store.get_user_by_id(conn, session.user_id)
         market = market_store.get_market(conn, session.market_id)
     claimed = False
@@ -79,7 +80,7 @@ def notify_session(
             session, user.email, market, sender=sender, message_id_domain=message_id_domain
         )
         with engine.begin() as conn:
-            claimed = on_demand_store.mark_notified(conn, session_id)
+            claimed = session_store.mark_notified(conn, session_id)
     if not claimed:
         return SessionNotice(sent=False, recipient=user.email)
     try:
@@ -90,7 +91,7 @@ def notify_session(
             mail.close()
     except BaseException:
         with engine.begin() as conn:
-            on_demand_store.release_notification(conn, session_id)
+            session_store.release_notification(conn, session_id)
         raise
     return SessionNotice(sent=True, recipient=user.email)
 
@@ -98,13 +99,13 @@ def notify_session(
 def session_verdict(engine: sa.Engine, session_id: str, settled_status: str) -> SessionVerdict:
     """Whether the session succeeded: it settled COMPLETED and every model succeeded."""
     with engine.connect() as conn:
-        session = on_demand_store.get_session(conn, session_id)
+        session = session_store.get_session(conn, session_id)
     failed = {
         model: entry.get("error") or entry.get("status")
         for model, entry in session.progress.items()
-        if entry.get("status") != on_demand_store.SUCCEEDED
+        if entry.get("status") != queue_items.SUCCEEDED
     }
-    if settled_status == on_demand_store.COMPLETED and not failed:
+    if settled_status == queue_items.COMPLETED and not failed:
         return SessionVerdict(succeeded=True, failed_models={}, detail="")
     details = "; ".join(f"{model}: {error}" for model, error in failed.items())
     return SessionVerdict(

@@ -1,21 +1,17 @@
-"""The `watchlist_digests` asset: one email per user and day, at most (see services/digests.py)."""
+"""The `watchlist_digests` asset: one email per user and day, at most (services.digest_delivery)."""
 
 import datetime as dt
 
 import dagster as dg
 
-from prediction_pipeline.clients.http_retry import RetryPolicy
 from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.digests.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.digests.config import DigestsConfig
 from prediction_pipeline.partitions import daily_partitions
 from prediction_pipeline.resources import AppDatabase, DigestSettings, EmailTransportResource
-from prediction_pipeline.services.digests import (
-    DeliveryReport,
-    DeliverySettings,
-    deliver_digests,
-)
-from prediction_pipeline.store import digest_ledger
+from prediction_pipeline.services.digest_delivery import claimant_run_ids, deliver_digests
+from prediction_pipeline.services.digest_report import DeliveryReport
+from prediction_pipeline.services.digest_settings import DeliverySettings, delivery_settings
 
 # For unexpected errors (a database outage...). A retry resumes: users already sent are
 # skipped, only the rest are tried again. Incomplete deliveries (transient send failures) are
@@ -41,17 +37,15 @@ def dead_claimants(
 
 
 def _settings(config: DigestsConfig) -> DeliverySettings:
-    return DeliverySettings(
+    return delivery_settings(
         chunk_size=config.chunk_size,
         max_messages_per_second=config.max_messages_per_second,
         connections=config.connections,
-        retry=RetryPolicy(
-            max_attempts=config.max_send_attempts,
-            initial_wait=min(config.retry_initial_wait_seconds, config.retry_max_wait_seconds),
-            max_wait=config.retry_max_wait_seconds,
-        ),
+        max_send_attempts=config.max_send_attempts,
+        retry_initial_wait_seconds=config.retry_initial_wait_seconds,
+        retry_max_wait_seconds=config.retry_max_wait_seconds,
         min_price_change=config.min_price_change,
-        lease=dt.timedelta(minutes=config.pending_lease_minutes),
+        pending_lease_minutes=config.pending_lease_minutes,
         max_consecutive_failures=config.max_consecutive_failures,
     )
 
@@ -115,9 +109,7 @@ def watchlist_digests(
             "PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET is not set: unsubscribe links are signed "
             "with the built-in INSECURE development secret. Set it before mailing real users."
         )
-    with engine.connect() as conn:
-        claimants = digest_ledger.pending_run_ids(conn, day)
-    dead = dead_claimants(context.instance, claimants, context.run_id)
+    dead = dead_claimants(context.instance, claimant_run_ids(engine, day), context.run_id)
     context.log.info(
         f"digests {day}: sending through {transport.describe()} at <= "
         f"{settings.max_messages_per_second:g} msg/s over {settings.connections} connections"

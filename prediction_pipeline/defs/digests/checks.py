@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import sqlalchemy as sa
 
-from prediction_pipeline.store import digest_ledger_checks
+from prediction_pipeline.services.digest_checks import ledger_health
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -24,24 +24,21 @@ CHECK_SPECS = [
 
 
 def evaluate_checks(conn: sa.Connection, day: dt.date) -> list[dg.AssetCheckResult]:
-    duplicates = digest_ledger_checks.duplicate_sent(conn, day)
-    unique = digest_ledger_checks.ledger_is_unique_per_user_and_day(conn)
-    counts = digest_ledger_checks.status_counts(conn, day)
-    stale = digest_ledger_checks.stale_pending(conn, day)
+    health = ledger_health(conn, day)
     return [
         dg.AssetCheckResult(
             check_name="one_digest_per_user_and_day",
-            passed=duplicates == 0 and unique,
+            passed=health.users_with_two_sent == 0 and health.unique_constraint,
             metadata={
-                "users_with_two_sent": duplicates,
-                "unique_constraint": unique,
-                "sent_rows": counts["sent"],
+                "users_with_two_sent": health.users_with_two_sent,
+                "unique_constraint": health.unique_constraint,
+                "sent_rows": health.sent,
             },
         ),
         dg.AssetCheckResult(
             check_name="no_digest_left_pending",
-            passed=counts["pending"] == 0,
+            passed=health.pending == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"pending": counts["pending"], "pending_past_lease": stale},
+            metadata={"pending": health.pending, "pending_past_lease": health.pending_past_lease},
         ),
     ]

@@ -17,7 +17,7 @@ SESSION_MAX_RUNTIME_SECONDS = 30 * 60
 # The daemon visits sensors every ~5 s and skips one whose last tick began less than its
 # minimum interval ago; an interval of 5 s would then tick only every other visit (~10 s).
 QUEUE_SENSOR_INTERVAL_SECONDS = 1
-# A user is waiting: on-demand runs go ahead of queued batch runs in the run on_demand_store.
+# A user is waiting: on-demand runs go ahead of queued batch runs in the run queue.
 ON_DEMAND_PRIORITY = "10"
 # Every op of prediction_session_job takes the session id as config.
 SESSION_OPS = ("research", "predict_model", "settle", "notify", "verdict")

@@ -8,15 +8,17 @@ from contextlib import contextmanager
 import dagster as dg
 import pandas as pd
 
-from prediction_pipeline.core.selection import select_markets
 from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.predictions.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.predictions.config import PredictionsConfig
 from prediction_pipeline.partitions import model_day_partitions, parse_model_day_key
 from prediction_pipeline.resources import AppDatabase, Forecasters
-from prediction_pipeline.services.predict import PredictionTask, market_contexts, run_predictions
-from prediction_pipeline.store import models as model_store
-from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.services.predict import PredictionTask, run_predictions
+from prediction_pipeline.services.prediction_batch import (
+    BatchNotReady,
+    plan_batch,
+    recent_predictions,
+)
 
 # A retry resumes: markets already stored are skipped, only the rest are asked again.
 RETRY = dg.RetryPolicy(
@@ -38,7 +40,7 @@ def _not_retried_when_invalid(what: str) -> Iterator[None]:
 
 def _preview(engine, model: str, day: dt.date) -> str:
     with engine.connect() as conn:
-        rows = prediction_store.recent_predictions(conn, model, day, limit=10)
+        rows = recent_predictions(conn, model, day, limit=10)
     if not rows:
         return "_no predictions stored_"
     frame = pd.DataFrame(
@@ -84,33 +86,20 @@ def predictions(
     with _not_retried_when_invalid("partition key"):
         day, model = parse_model_day_key(context.partition_key)
     engine = app_db.engine()
-    with engine.connect() as conn:
-        spec = model_store.get_model(conn, model)
-        if spec is None:
-            raise dg.Failure(
-                f"model {model!r} is not in the registry: `prediction-pipeline models add {model}`",
-                allow_retries=False,
+    try:
+        with engine.connect() as conn:
+            plan = plan_batch(
+                conn,
+                model,
+                day,
+                top_markets_count=config.top_markets_count,
+                target_days_from_now=config.target_days_from_now,
+                end_date_range_hours=config.end_date_range_hours,
+                exclude_categories=config.exclude_categories,
             )
-        if not spec.enabled:
-            raise dg.Failure(
-                f"model {model!r} is disabled: `prediction-pipeline models enable {model}`",
-                allow_retries=False,
-            )
-        candidates = prediction_store.candidate_markets(conn, day)
-        if not candidates:
-            raise dg.Failure(
-                f"no open markets stored for {day}: materialize `markets` for {day} first",
-                allow_retries=False,
-            )
-        chosen = select_markets(
-            candidates,
-            day,
-            top_markets_count=config.top_markets_count,
-            target_days_from_now=config.target_days_from_now,
-            end_date_range_hours=config.end_date_range_hours,
-            exclude_categories=config.exclude_categories,
-        )
-        contexts = market_contexts(conn, chosen, day)
+    except BatchNotReady as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    spec, contexts = plan.spec, plan.contexts
 
     with _not_retried_when_invalid(f"registry entry of model {model!r}"):
         forecaster = forecasters.build(

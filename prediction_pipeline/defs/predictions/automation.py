@@ -7,7 +7,7 @@ import dagster as dg
 from prediction_pipeline.defs.predictions.assets import predictions
 from prediction_pipeline.partitions import model_day_partitions, model_partitions
 from prediction_pipeline.resources import AppDatabase
-from prediction_pipeline.store import models as model_store
+from prediction_pipeline.services.models import model_slugs
 
 predictions_job = dg.define_asset_job(
     "predictions_job",
@@ -25,7 +25,7 @@ predictions_job = dg.define_asset_job(
 )
 def model_registry_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase):
     with app_db.connect() as conn:
-        slugs = [m.slug for m in model_store.list_models(conn)]
+        slugs = model_slugs(conn)
     existing = set(context.instance.get_dynamic_partitions(model_partitions.name))
     missing = [slug for slug in slugs if slug not in existing]
     if not missing:

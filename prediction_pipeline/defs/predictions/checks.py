@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import sqlalchemy as sa
 
-from prediction_pipeline.store import predictions as prediction_store
+from prediction_pipeline.services.prediction_checks import partition_health
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -32,26 +32,26 @@ CHECK_SPECS = [
 def evaluate_checks(
     conn: sa.Connection, model: str, day: dt.date, selected_ids: set[int]
 ) -> list[dg.AssetCheckResult]:
-    predicted = prediction_store.predicted_market_ids(conn, model, day) & selected_ids
-    missing = len(selected_ids - predicted)
-    coverage = len(predicted) / len(selected_ids) if selected_ids else 1.0
-    out_of_range = prediction_store.probabilities_out_of_range(conn, model, day)
-    duplicates = prediction_store.batch_duplicates(conn, model, day)
+    health = partition_health(conn, model, day, selected_ids)
     return [
         dg.AssetCheckResult(
             check_name="predictions_cover_selected_markets",
-            passed=missing == 0,
+            passed=health.missing == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"selected": len(selected_ids), "missing": missing, "coverage": coverage},
+            metadata={
+                "selected": health.selected,
+                "missing": health.missing,
+                "coverage": health.coverage,
+            },
         ),
         dg.AssetCheckResult(
             check_name="probabilities_in_range",
-            passed=out_of_range == 0,
-            metadata={"out_of_range": out_of_range},
+            passed=health.out_of_range == 0,
+            metadata={"out_of_range": health.out_of_range},
         ),
         dg.AssetCheckResult(
             check_name="no_duplicate_predictions",
-            passed=duplicates == 0,
-            metadata={"duplicates": duplicates},
+            passed=health.duplicates == 0,
+            metadata={"duplicates": health.duplicates},
         ),
     ]
