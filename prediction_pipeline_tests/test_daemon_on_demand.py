@@ -109,7 +109,9 @@ def world(tmp_path_factory) -> Iterator[World]:
         migrate.upgrade(engine)
         instance = stack.enter_context(open_instance(home))
         today = dt.datetime.now(dt.UTC).date()
-        ingest_days(app_url, instance, days=3, end=today, size=SYNTHETIC_SIZE)
+        # Markets go to the app database through a throwaway instance: materialized on the
+        # daemon's, they would start the daily chain (pipeline_automation) beside the test.
+        ingest_days(app_url, dg.DagsterInstance.ephemeral(), days=3, end=today, size=SYNTHETIC_SIZE)
         with engine.begin() as conn:
             model_store.upsert_model(
                 conn, model_store.ModelSpec(ONLINE, model_store.OPENROUTER_PROVIDER)

@@ -76,7 +76,10 @@ def test_requests_run_beside_the_batch_within_one_budget(tmp_path):
         stack.callback(engine.dispose)
         migrate.upgrade(engine)
         instance = stack.enter_context(open_instance(home))
-        ingest_days(app_url, instance, days=3, end=today, size=SYNTHETIC_SIZE)
+        # Markets go to the app database through a throwaway instance: materialized on the
+        # daemon's, they would start the daily chain (pipeline_automation) beside the test's
+        # own batch.
+        ingest_days(app_url, dg.DagsterInstance.ephemeral(), days=3, end=today, size=SYNTHETIC_SIZE)
         with engine.begin() as conn:
             spec = model_store.ModelSpec(
                 MODEL,
