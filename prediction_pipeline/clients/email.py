@@ -307,12 +307,16 @@ class SmtpSession:
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
 
-    def _connect(self) -> smtplib.SMTP:
-        s = self.settings
+    def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
-        if not s.verify_tls:
+        if not self.settings.verify_tls:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        context = self._tls_context()
         smtp: smtplib.SMTP | None = None
         try:
             if s.implicit_tls:
