@@ -17,6 +17,9 @@ provider's id for it, or raises one of:
 `send_retrying` is the retry loop for sends: the HTTP clients' `RetryPolicy` and backoff
 (`http_retry.retrying_on`), retrying transient errors only. Error texts never carry the SMTP
 password: `safe_smtp_url` masks it and errors are scrubbed of it.
+
+One module (over 400 lines) on purpose: the send-error contract above, and the two transports
+that must keep it, read together.
 """
 
 from __future__ import annotations
