@@ -10,6 +10,9 @@ entry *replaces* the resource's definition-time values (fields it does not name 
 their class defaults). So a run whose config names one of these resources fails at resource
 setup with a clear, non-retried error, before any request: see `EnvironmentOnlyResource`.
 Their reprs mask secrets and the secret parts of URLs.
+
+One module (over 400 lines) on purpose: every resource in one place, so that the
+environment-only rule (`EnvironmentOnlyResource`) and the offline defaults are checked at a glance.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ as Dagster metadata. Logs carry only the method, the URL path and the status: ne
 (Authorization) nor query strings. Where the path itself is a secret (Slack-style webhooks:
 ``/services/T0/B0/XXXX``), `RetryPolicy(secret_url=True)` makes logs and errors show only the
 scheme and host (`redact_url`).
+
+One module (over 400 lines) on purpose: one retry policy, and the error descriptions and URL
+redaction its log lines and errors use.
 """
 
 from __future__ import annotations

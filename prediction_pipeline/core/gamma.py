@@ -21,6 +21,8 @@ never fails a batch. That includes hostile values: JSON numbers too large for a 
 (`1e400`, a 400-digit integer), volumes beyond `MAX_AMOUNT`, JSON-string fields longer than
 `MAX_JSON_FIELD_CHARS` or nested too deeply to decode, and any other error raised while
 parsing one record. This module imports no HTTP library.
+
+One module (over 400 lines) on purpose: every Gamma quirk is absorbed here and nowhere else.
 """
 
 from __future__ import annotations

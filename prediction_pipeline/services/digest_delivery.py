@@ -185,23 +185,7 @@ class DigestDelivery:
     def _chunk(self, users: Sequence[store_content.DigestUser]) -> None:
         report = self.report
         with self.engine.connect() as conn:
-            ledger = store_ledger.deliveries(conn, self.day, [u.user_id for u in users])
-            candidates: list[store_content.DigestUser] = []
-            for user in users:
-                row = ledger.get(user.user_id)
-                if row is not None and row.status == store_ledger.SENT:
-                    report.skipped_already_sent += 1
-                elif (
-                    row is not None
-                    and row.status == store_ledger.FAILED
-                    and row.error_kind == store_ledger.PERMANENT
-                ):
-                    report.skipped_failed_earlier += 1
-                elif not store_ledger.is_claimable(row, self.state.dead_runs):
-                    report.skipped_in_flight += 1
-                    self.state.hold([user.user_id])
-                else:
-                    candidates.append(user)
+            candidates = self._candidates(conn, users)
             active = [u for u in candidates if u.subscribed]
             ids = [u.user_id for u in active]
             previous = store_ledger.previous_digests(conn, self.day, ids)
@@ -220,6 +204,41 @@ class DigestDelivery:
             min_price_change=self.settings.min_price_change,
         )
         skips.update(dict.fromkeys(nothing_new, store_ledger.NOTHING_NEW))
+        self._record_skips(skips)
+        if not digests:
+            return
+        if self.state.stop.is_set():
+            report.not_attempted += len(digests)
+            return
+        self._claim_and_queue(digests)
+
+    def _candidates(
+        self, conn: sa.Connection, users: Sequence[store_content.DigestUser]
+    ) -> list[store_content.DigestUser]:
+        """The users of the chunk this delivery may still send to (or skip): not sent, not
+        rejected for good, not held by another live delivery. Counts the others."""
+        report = self.report
+        ledger = store_ledger.deliveries(conn, self.day, [u.user_id for u in users])
+        candidates: list[store_content.DigestUser] = []
+        for user in users:
+            row = ledger.get(user.user_id)
+            if row is not None and row.status == store_ledger.SENT:
+                report.skipped_already_sent += 1
+            elif (
+                row is not None
+                and row.status == store_ledger.FAILED
+                and row.error_kind == store_ledger.PERMANENT
+            ):
+                report.skipped_failed_earlier += 1
+            elif not store_ledger.is_claimable(row, self.state.dead_runs):
+                report.skipped_in_flight += 1
+                self.state.hold([user.user_id])
+            else:
+                candidates.append(user)
+        return candidates
+
+    def _record_skips(self, skips: dict[int, str]) -> None:
+        report = self.report
         report.skipped_opted_out += sum(r == store_ledger.OPTED_OUT for r in skips.values())
         report.skipped_nothing_new += sum(r == store_ledger.NOTHING_NEW for r in skips.values())
         if skips:
@@ -229,12 +248,11 @@ class DigestDelivery:
                 )
             # Not written: settled meanwhile, or claimed by another delivery since we looked.
             self.state.hold(skips.keys() - written)
-        if not digests:
-            return
-        if self.state.stop.is_set():
-            report.not_attempted += len(digests)
-            return
 
+    def _claim_and_queue(self, digests: dict[int, core.Digest]) -> None:
+        """Claim the users' ledger rows, then hand their messages to the senders; whatever
+        was claimed and not queued is released at once."""
+        report = self.report
         message_ids = {
             uid: core.digest_message_id(uid, self.day, self.renderer.message_id_domain)
             for uid in digests

@@ -109,28 +109,7 @@ class DigestSenders:
                     attempt_no += 1
                     if self.state.stop.is_set() or not self._pacer.wait(self.state.stop):
                         raise _Stopped()
-                    # After the wait, right before the handover: a fresh lease (a claim that
-                    # waited in the queue or for the rate limit must not expire mid-send),
-                    # and each further attempt is claimed (attempts + 1) before it is sent.
-                    with self.state.engine.begin() as conn:
-                        if attempt_no > 1:
-                            held = store_ledger.claim_retry(
-                                conn,
-                                self.state.day,
-                                job.user_id,
-                                self.state.token,
-                                last_error,
-                                self.state.settings.lease,
-                            )
-                        else:
-                            held = store_ledger.refresh_claim(
-                                conn,
-                                self.state.day,
-                                job.user_id,
-                                self.state.token,
-                                self.state.settings.lease,
-                            )
-                    if not held:
+                    if not self._hold_claim(job, attempt_no, last_error):
                         raise _LostClaim()
                     unsent_claim = False
                     try:
@@ -156,6 +135,28 @@ class DigestSenders:
         except FatalTransportError as exc:
             self.state.halt(str(exc), fatal=True)
             return ("failed", job, (store_ledger.TRANSIENT, f"transport unusable: {exc}"))
+
+    def _hold_claim(self, job: DigestJob, attempt_no: int, last_error: str) -> bool:
+        """Called after the wait, right before the handover: a fresh lease (a claim that
+        waited in the queue or for the rate limit must not expire mid-send), and each further
+        attempt is claimed (attempts + 1) before it is sent. False: the claim was lost."""
+        with self.state.engine.begin() as conn:
+            if attempt_no > 1:
+                return store_ledger.claim_retry(
+                    conn,
+                    self.state.day,
+                    job.user_id,
+                    self.state.token,
+                    last_error,
+                    self.state.settings.lease,
+                )
+            return store_ledger.refresh_claim(
+                conn,
+                self.state.day,
+                job.user_id,
+                self.state.token,
+                self.state.settings.lease,
+            )
 
     def _handover(self, session: EmailSession, job: DigestJob) -> str:
         now = time.monotonic()

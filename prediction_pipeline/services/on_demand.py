@@ -4,6 +4,9 @@ The small Python API (`request_prediction`, `create_session`, `grant`, `status`)
 web app calls: each returns at once with an id; sensors launch the runs. The execution
 functions (`fulfil_request`, `research_session`, `predict_session_model`, `settle_session`)
 are what those runs do, through the same prediction service as the daily batch.
+
+One module (over 400 lines) on purpose: the API the web app calls and the runs that fulfil it
+share the status, credits and idempotency rules.
 """
 
 from __future__ import annotations

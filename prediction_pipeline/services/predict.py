@@ -25,7 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from prediction_pipeline.clients.http_retry import RetryStats
-from prediction_pipeline.core.forecast import MarketContext
+from prediction_pipeline.core.forecast import ForecastResult, MarketContext
 from prediction_pipeline.services.forecasters import Forecaster
 from prediction_pipeline.services.spend import SpendCapReached, SpendGuard
 from prediction_pipeline.store import predictions as prediction_store
@@ -120,6 +120,23 @@ async def run_predictions(
     batch stopped, and the caller decides (the asset fails the partition)."""
     started = time.monotonic()
     report = PredictionReport(selected=len(task.contexts))
+    todo = _not_stored(engine, task)
+    report.skipped_existing = len(task.contexts) - len(todo)
+    batch = _Batch(engine, forecaster, task, report, fatal_errors, todo)
+    workers = max(1, min(task.max_in_flight, len(todo)))
+    try:
+        await asyncio.gather(*(batch.worker() for _ in range(workers)))
+    finally:
+        await forecaster.aclose()
+    with engine.connect() as conn:
+        report.day_spent_usd = spend_store.spent_usd(conn, task.model, task.day)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _not_stored(engine: sa.Engine, task: PredictionTask) -> list[MarketContext]:
+    """The task's markets without a prediction yet: for the batch, the model's predictions
+    of the day; for a request or session, the one prediction linked to it."""
     with engine.connect() as conn:
         if task.origin == prediction_store.BATCH:
             done = prediction_store.predicted_market_ids(conn, task.model, task.day)
@@ -128,107 +145,125 @@ async def run_predictions(
                 conn, task.model, request_id=task.request_id, session_id=task.session_id
             )
             done = {linked.market_id} if linked else set()
-    todo = [ctx for ctx in task.contexts if ctx.market_id not in done]
-    report.skipped_existing = len(task.contexts) - len(todo)
-    queue: asyncio.Queue[MarketContext] = asyncio.Queue()
-    for ctx in todo:
-        queue.put_nowait(ctx)
-    stop = asyncio.Event()
-    over_budget = asyncio.Event()  # a call was refused for the cap: skip the rest
-    guard = SpendGuard(
-        engine,
-        task.model,
-        task.day,
-        task.max_cost_usd,
-        run_id=task.run_id,
-        estimate_usd=task.call_estimate_usd,
-    )
+    return [ctx for ctx in task.contexts if ctx.market_id not in done]
 
-    def skip_for_budget(ctx: MarketContext) -> None:
-        report.skipped_budget += 1
-        _dead_letter(
+
+class _Batch:
+    """What the workers of one run share: the queue of markets, the stop and over-budget
+    flags, the spend guard and the report they all add to."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        forecaster: Forecaster,
+        task: PredictionTask,
+        report: PredictionReport,
+        fatal_errors: tuple[type[BaseException], ...],
+        todo: list[MarketContext],
+    ) -> None:
+        self.engine, self.forecaster, self.task = engine, forecaster, task
+        self.report, self.fatal_errors = report, fatal_errors
+        self.queue: asyncio.Queue[MarketContext] = asyncio.Queue()
+        for ctx in todo:
+            self.queue.put_nowait(ctx)
+        self.stop = asyncio.Event()  # a fatal error: leave the rest for a re-run
+        self.over_budget = asyncio.Event()  # a call was refused for the cap: skip the rest
+        self.guard = SpendGuard(
             engine,
-            task,
+            task.model,
+            task.day,
+            task.max_cost_usd,
+            run_id=task.run_id,
+            estimate_usd=task.call_estimate_usd,
+        )
+
+    async def worker(self) -> None:
+        while not self.queue.empty() and not self.stop.is_set():
+            ctx = self.queue.get_nowait()
+            if self.over_budget.is_set():
+                self._skip_for_budget(ctx)
+                continue
+            await self._predict(ctx)
+
+    async def _predict(self, ctx: MarketContext) -> None:
+        """One market: ask, then store the answer or account for the failure."""
+        began = time.monotonic()
+        try:
+            result = await self.forecaster.forecast(
+                ctx, web_search=self.task.web_search, stats=self.report.stats, spend=self.guard
+            )
+        except asyncio.CancelledError:
+            raise
+        except SpendCapReached as exc:
+            self.report.cost_usd += exc.cost_usd  # re-asks refused after paid attempts
+            self.over_budget.set()
+            self._skip_for_budget(ctx)
+            return
+        except Exception as exc:  # one market's failure never fails the batch
+            self._failed(ctx, exc)
+            return
+        self.report.cost_usd += result.cost_usd  # paid, stored or not
+        latency = result.latency_ms or (time.monotonic() - began) * 1000
+        self._store(ctx, result.model_copy(update={"latency_ms": latency}))
+
+    def _store(self, ctx: MarketContext, result: ForecastResult) -> None:
+        task, report = self.task, self.report
+        with self.engine.begin() as conn:
+            new_id = prediction_store.store_prediction(
+                conn,
+                ctx,
+                task.model,
+                result,
+                origin=task.origin,
+                request_id=task.request_id,
+                session_id=task.session_id,
+                experiment_tag=task.experiment_tag,
+                experiment_notes=task.experiment_notes,
+                run_id=task.run_id,
+            )
+        if new_id is None:  # another run stored it meanwhile: keep exactly one
+            report.skipped_existing += 1
+            return
+        report.predicted += 1
+        report.prompt_tokens += result.prompt_tokens
+        report.completion_tokens += result.completion_tokens
+        report.latencies_ms.append(result.latency_ms)
+
+    def _failed(self, ctx: MarketContext, exc: Exception) -> None:
+        report = self.report
+        # Invalid answers and billed failures were paid for (ForecastAttemptsExhausted,
+        # OpenRouterError and others carry `cost_usd`).
+        report.cost_usd += getattr(exc, "cost_usd", 0.0) or 0.0
+        report.prompt_tokens += getattr(exc, "prompt_tokens", 0) or 0
+        report.completion_tokens += getattr(exc, "completion_tokens", 0) or 0
+        if _is_fatal(exc, self.fatal_errors):
+            report.fatal = f"{type(exc).__name__}: {exc}"
+            self.stop.set()
+            self.queue.put_nowait(ctx)  # not attempted in earnest: leave it for a re-run
+            return
+        report.failed += 1
+        report.failures.append((ctx.source_id, f"{type(exc).__name__}: {exc}"))
+        _dead_letter(
+            self.engine,
+            self.task,
+            ctx,
+            "error",
+            type(exc).__name__,
+            str(exc),
+            getattr(exc, "attempts", 1),
+        )
+
+    def _skip_for_budget(self, ctx: MarketContext) -> None:
+        self.report.skipped_budget += 1
+        _dead_letter(
+            self.engine,
+            self.task,
             ctx,
             "budget",
             "BudgetExhausted",
-            f"spend cap {task.max_cost_usd} USD reached",
+            f"spend cap {self.task.max_cost_usd} USD reached",
             0,
         )
-
-    async def worker() -> None:
-        while not queue.empty() and not stop.is_set():
-            ctx = queue.get_nowait()
-            if over_budget.is_set():
-                skip_for_budget(ctx)
-                continue
-            began = time.monotonic()
-            try:
-                result = await forecaster.forecast(
-                    ctx, web_search=task.web_search, stats=report.stats, spend=guard
-                )
-            except asyncio.CancelledError:
-                raise
-            except SpendCapReached as exc:
-                report.cost_usd += exc.cost_usd  # re-asks refused after paid attempts
-                over_budget.set()
-                skip_for_budget(ctx)
-                continue
-            except Exception as exc:  # one market's failure never fails the batch
-                # Invalid answers and billed failures were paid for (ForecastAttemptsExhausted,
-                # OpenRouterError and others carry `cost_usd`).
-                report.cost_usd += getattr(exc, "cost_usd", 0.0) or 0.0
-                report.prompt_tokens += getattr(exc, "prompt_tokens", 0) or 0
-                report.completion_tokens += getattr(exc, "completion_tokens", 0) or 0
-                if _is_fatal(exc, fatal_errors):
-                    report.fatal = f"{type(exc).__name__}: {exc}"
-                    stop.set()
-                    queue.put_nowait(ctx)  # not attempted in earnest: leave it for a re-run
-                    return
-                report.failed += 1
-                report.failures.append((ctx.source_id, f"{type(exc).__name__}: {exc}"))
-                _dead_letter(
-                    engine,
-                    task,
-                    ctx,
-                    "error",
-                    type(exc).__name__,
-                    str(exc),
-                    getattr(exc, "attempts", 1),
-                )
-                continue
-            report.cost_usd += result.cost_usd  # paid, stored or not
-            latency = result.latency_ms or (time.monotonic() - began) * 1000
-            with engine.begin() as conn:
-                new_id = prediction_store.store_prediction(
-                    conn,
-                    ctx,
-                    task.model,
-                    result.model_copy(update={"latency_ms": latency}),
-                    origin=task.origin,
-                    request_id=task.request_id,
-                    session_id=task.session_id,
-                    experiment_tag=task.experiment_tag,
-                    experiment_notes=task.experiment_notes,
-                    run_id=task.run_id,
-                )
-            if new_id is None:  # another run stored it meanwhile: keep exactly one
-                report.skipped_existing += 1
-                continue
-            report.predicted += 1
-            report.prompt_tokens += result.prompt_tokens
-            report.completion_tokens += result.completion_tokens
-            report.latencies_ms.append(latency)
-
-    workers = max(1, min(task.max_in_flight, len(todo)))
-    try:
-        await asyncio.gather(*(worker() for _ in range(workers)))
-    finally:
-        await forecaster.aclose()
-    with engine.connect() as conn:
-        report.day_spent_usd = spend_store.spent_usd(conn, task.model, task.day)
-    report.elapsed_s = time.monotonic() - started
-    return report
 
 
 def _dead_letter(

@@ -87,6 +87,8 @@ def chunk_end(conn: sa.Connection, day: dt.date, after: int | None, chunk_size: 
     return conn.scalar(query)
 
 
+# Long on purpose: one INSERT ... SELECT ... ON CONFLICT statement, built top to bottom in
+# the order of the SQL it emits; splitting it would scatter one query over several functions.
 def upsert_chunk(
     conn: sa.Connection,
     snapshot_day: dt.date,

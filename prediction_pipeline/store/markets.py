@@ -151,53 +151,74 @@ def ingest_markets(
         chunk = list(rows)
         if not chunk:
             continue
-        existing = _existing(conn, chunk)
-        to_write = []
-        for key, row in rows.items():
-            old = existing.get(key)
-            if old is None:
-                counts["new"] += 1
-            elif old.observed_day > day:
-                counts["stale"] += 1
-                continue
-            elif _same(old, row):
-                counts["unchanged"] += 1
-            else:
-                counts["updated"] += 1
-            if row["status"] != MarketStatus.OPEN and (old is None or old.status != row["status"]):
-                if row["status"] == MarketStatus.RESOLVED:
-                    counts["resolved"] += 1
-                elif old is None or old.status == MarketStatus.OPEN:
-                    counts["closed"] += 1
-            to_write.append(row)
+        to_write = _changed_rows(_existing(conn, chunk), rows, day, counts)
         if to_write:
             _upsert_market_rows(conn, to_write)
-        ids = _ids(conn, chunk)
-        snapshots = [
-            {
-                "market_id": ids[key],
-                "day": day,
-                "observed_at": now,
-                "yes_price": row["yes_price"],
-                "volume": row["volume"],
-                "liquidity": row["liquidity"],
-                "status": row["status"],
-            }
-            for key, row in rows.items()
-        ]
-        insert = dialect_insert(conn, market_snapshots)
-        conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=["market_id", "day"],
-                set_={
-                    c: insert.excluded[c]
-                    for c in ("observed_at", "yes_price", "volume", "liquidity", "status")
-                },
-            ).returning(market_snapshots.c.id),  # RETURNING: batched, not one row a statement
-            snapshots,
-        ).all()
-        counts["snapshots"] += len(snapshots)
+        counts["snapshots"] += _upsert_snapshots(conn, _ids(conn, chunk), rows, day, now)
     return IngestCounts(**counts, rejected=tuple(rejected))
+
+
+def _changed_rows(
+    existing: dict[tuple[str, str], sa.Row],
+    rows: dict[tuple[str, str], dict],
+    day: dt.date,
+    counts: dict[str, int],
+) -> list[dict]:
+    """The market rows to write (all but those already observed on a later day); counts
+    them as new, updated, unchanged or stale, and the newly closed and resolved."""
+    to_write = []
+    for key, row in rows.items():
+        old = existing.get(key)
+        if old is None:
+            counts["new"] += 1
+        elif old.observed_day > day:
+            counts["stale"] += 1
+            continue
+        elif _same(old, row):
+            counts["unchanged"] += 1
+        else:
+            counts["updated"] += 1
+        if row["status"] != MarketStatus.OPEN and (old is None or old.status != row["status"]):
+            if row["status"] == MarketStatus.RESOLVED:
+                counts["resolved"] += 1
+            elif old is None or old.status == MarketStatus.OPEN:
+                counts["closed"] += 1
+        to_write.append(row)
+    return to_write
+
+
+def _upsert_snapshots(
+    conn: sa.Connection,
+    ids: dict[tuple[str, str], int],
+    rows: dict[tuple[str, str], dict],
+    day: dt.date,
+    now: dt.datetime,
+) -> int:
+    """One snapshot per market for `day` (a re-run overwrites it); returns how many."""
+    snapshots = [
+        {
+            "market_id": ids[key],
+            "day": day,
+            "observed_at": now,
+            "yes_price": row["yes_price"],
+            "volume": row["volume"],
+            "liquidity": row["liquidity"],
+            "status": row["status"],
+        }
+        for key, row in rows.items()
+    ]
+    insert = dialect_insert(conn, market_snapshots)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["market_id", "day"],
+            set_={
+                c: insert.excluded[c]
+                for c in ("observed_at", "yes_price", "volume", "liquidity", "status")
+            },
+        ).returning(market_snapshots.c.id),  # RETURNING: batched, not one row a statement
+        snapshots,
+    ).all()
+    return len(snapshots)
 
 
 def _upsert_market_rows(conn: sa.Connection, rows: list[dict]) -> None:

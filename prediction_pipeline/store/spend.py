@@ -130,15 +130,7 @@ def reserve(
     else:
         estimate = call_estimate_nusd(conn, model, web_search, margin)
     spent, reserved = model_spend.c.spent_nusd, model_spend.c.reserved_nusd
-    if cap_usd is None:
-        admit, hold = sa.true(), reserved + (estimate or 0)
-    else:
-        cap = to_nusd(cap_usd)
-        if estimate is None:  # a probe: alone, holding all that is left
-            admit, hold = sa.and_(reserved == 0, spent < cap), cap - spent
-        else:
-            admit = sa.and_(spent + reserved < cap, spent + reserved + estimate <= cap)
-            hold = reserved + estimate
+    admit, hold = _admission(cap_usd, estimate)
     granted = conn.execute(
         sa.update(model_spend)
         .where(_key(model, day), admit)
@@ -170,6 +162,21 @@ def reserve(
         },
     )
     return Admission.GRANTED, ticket
+
+
+def _admission(
+    cap_usd: float | None, estimate: int | None
+) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[int]]:
+    """When the counter row admits a call (the UPDATE's condition), and what it then
+    reserves: no cap admits all; a call with an estimate fits under the cap; a probe (no
+    estimate yet) goes alone and holds all that is left."""
+    spent, reserved = model_spend.c.spent_nusd, model_spend.c.reserved_nusd
+    if cap_usd is None:
+        return sa.true(), reserved + (estimate or 0)
+    cap = to_nusd(cap_usd)
+    if estimate is None:  # a probe: alone, holding all that is left
+        return sa.and_(reserved == 0, spent < cap), cap - spent
+    return sa.and_(spent + reserved < cap, spent + reserved + estimate <= cap), reserved + estimate
 
 
 def _close(conn: sa.Connection, ticket: Ticket, status: str, cost: int, now: dt.datetime) -> int:

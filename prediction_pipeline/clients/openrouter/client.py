@@ -24,6 +24,9 @@ mid-flight, since the provider may bill it).
 
 The API key lives in an `httpx.Auth` that hides it from every repr; error messages are
 scrubbed of it and logs carry only method, path, status and model.
+
+One module (over 400 lines) on purpose: one call's retries, rate limit and spend
+accounting interleave, and read in one place.
 """
 
 from __future__ import annotations

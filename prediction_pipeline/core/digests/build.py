@@ -75,30 +75,13 @@ def build_digest(
             else:
                 settled.append(_settled_line(state, url, scores.get(state.market_id, ())))
             continue
-        change = None
-        if base is not None and base.price is not None and state.price is not None:
-            change = state.price - base.price
         lines = _forecast_lines(state, forecasts.get(state.market_id, ()), previous)
-        new_forecasts += sum(line.new for line in lines)
-        if change is not None and abs(change) >= min_price_change - 1e-12:
+        line = _market_line(state, url, base, since, since_added, new_item, lines)
+        new_forecasts += sum(forecast.new for forecast in lines)
+        if line.change is not None and abs(line.change) >= min_price_change - 1e-12:
             moved += 1
         new_items += new_item
-        watching.append(
-            MarketLine(
-                market_id=state.market_id,
-                source_id=state.source_id,
-                question=state.question,
-                url=url,
-                status=state.status,
-                price=state.price,
-                since=since,
-                since_added=since_added,
-                baseline_price=None if base is None else base.price,
-                change=change,
-                new_item=new_item,
-                forecasts=lines,
-            )
-        )
+        watching.append(line)
     watching.sort(key=lambda m: (-abs(m.change or 0.0), m.question, m.market_id))
     settled.sort(key=lambda m: (m.status != MarketStatus.RESOLVED, m.question, m.market_id))
     return Digest(
@@ -111,6 +94,35 @@ def build_digest(
         new_forecasts=new_forecasts,
         new_items=new_items,
         quiet_settled=quiet,
+    )
+
+
+def _market_line(
+    state: MarketState,
+    url: str,
+    base: PriceAt | None,
+    since: dt.date,
+    since_added: bool,
+    new_item: bool,
+    forecasts: tuple[ForecastLine, ...],
+) -> MarketLine:
+    """A watched open market: its price, and its change since the baseline when both are known."""
+    change = None
+    if base is not None and base.price is not None and state.price is not None:
+        change = state.price - base.price
+    return MarketLine(
+        market_id=state.market_id,
+        source_id=state.source_id,
+        question=state.question,
+        url=url,
+        status=state.status,
+        price=state.price,
+        since=since,
+        since_added=since_added,
+        baseline_price=None if base is None else base.price,
+        change=change,
+        new_item=new_item,
+        forecasts=forecasts,
     )
 
 

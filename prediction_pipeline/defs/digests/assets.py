@@ -4,11 +4,17 @@ import datetime as dt
 
 import dagster as dg
 
+from prediction_pipeline.core.digests import DigestRenderer
 from prediction_pipeline.defs import automation
 from prediction_pipeline.defs.digests.checks import CHECK_SPECS, evaluate_checks
 from prediction_pipeline.defs.digests.config import DigestsConfig
 from prediction_pipeline.partitions import daily_partitions
-from prediction_pipeline.resources import AppDatabase, DigestSettings, EmailTransportResource
+from prediction_pipeline.resources import (
+    AppDatabase,
+    DigestSettings,
+    EmailTransport,  # the protocol of what EmailTransportResource.open returns
+    EmailTransportResource,
+)
 from prediction_pipeline.services.digest_delivery import claimant_run_ids, deliver_digests
 from prediction_pipeline.services.digest_report import DeliveryReport
 from prediction_pipeline.services.digest_settings import DeliverySettings, delivery_settings
@@ -91,24 +97,8 @@ def watchlist_digests(
     digest_settings: DigestSettings,
 ) -> dg.MaterializeResult:
     day = dt.date.fromisoformat(context.partition_key)
-    try:
-        settings = _settings(config)
-    except ValueError as exc:
-        raise dg.Failure(f"digests config invalid: {exc}", allow_retries=False) from None
+    settings, transport, renderer = _open(context, config, email_transport, digest_settings)
     engine = app_db.engine()
-    try:
-        transport = email_transport.open()
-    except ValueError as exc:
-        raise dg.Failure(f"email transport misconfigured: {exc}", allow_retries=False) from None
-    try:
-        renderer = digest_settings.renderer(transport.kind)
-    except ValueError as exc:
-        raise dg.Failure(f"digest settings invalid: {exc}", allow_retries=False) from None
-    if digest_settings.uses_dev_secret:
-        context.log.warning(
-            "PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET is not set: unsubscribe links are signed "
-            "with the built-in INSECURE development secret. Set it before mailing real users."
-        )
     dead = dead_claimants(context.instance, claimant_run_ids(engine, day), context.run_id)
     context.log.info(
         f"digests {day}: sending through {transport.describe()} at <= "
@@ -124,6 +114,49 @@ def watchlist_digests(
         dead_runs=dead,
         log=context.log.info,
     )
+    summary = _log_outcome(context, day, report)
+    metadata = {
+        "day": str(day),
+        "transport": transport.describe(),
+        **report.metadata(),
+        "preview": dg.MetadataValue.md(_preview(report)),
+    }
+    _fail_unless_done(context, config, day, report, summary, metadata)
+    with engine.connect() as conn:
+        check_results = evaluate_checks(conn, day)
+    return dg.MaterializeResult(metadata=metadata, check_results=check_results)
+
+
+def _open(
+    context: dg.AssetExecutionContext,
+    config: DigestsConfig,
+    email_transport: EmailTransportResource,
+    digest_settings: DigestSettings,
+) -> tuple[DeliverySettings, EmailTransport, DigestRenderer]:
+    """The delivery settings, the transport and the renderer; a configuration error fails
+    at once, without retries."""
+    try:
+        settings = _settings(config)
+    except ValueError as exc:
+        raise dg.Failure(f"digests config invalid: {exc}", allow_retries=False) from None
+    try:
+        transport = email_transport.open()
+    except ValueError as exc:
+        raise dg.Failure(f"email transport misconfigured: {exc}", allow_retries=False) from None
+    try:
+        renderer = digest_settings.renderer(transport.kind)
+    except ValueError as exc:
+        raise dg.Failure(f"digest settings invalid: {exc}", allow_retries=False) from None
+    if digest_settings.uses_dev_secret:
+        context.log.warning(
+            "PREDICTION_PIPELINE_UNSUBSCRIBE_SECRET is not set: unsubscribe links are signed "
+            "with the built-in INSECURE development secret. Set it before mailing real users."
+        )
+    return settings, transport, renderer
+
+
+def _log_outcome(context: dg.AssetExecutionContext, day: dt.date, report: DeliveryReport) -> str:
+    """Log the failures and the counts; returns the counts in one sentence."""
     for email, error in report.failures:
         context.log.warning(f"digest {day} to {email} failed: {error}")
     if report.lost_claims:
@@ -139,12 +172,18 @@ def watchlist_digests(
         f"{len(report.held_elsewhere)} held by another delivery"
     )
     context.log.info(f"digests {day}: {summary}")
-    metadata = {
-        "day": str(day),
-        "transport": transport.describe(),
-        **report.metadata(),
-        "preview": dg.MetadataValue.md(_preview(report)),
-    }
+    return summary
+
+
+def _fail_unless_done(
+    context: dg.AssetExecutionContext,
+    config: DigestsConfig,
+    day: dt.date,
+    report: DeliveryReport,
+    summary: str,
+    metadata: dict,
+) -> None:
+    """Fail a stopped delivery; retry an incomplete one as configured."""
     if report.fatal:
         raise dg.Failure(
             f"digests {day}: stopped: {report.fatal}. {summary}",
@@ -172,6 +211,3 @@ def watchlist_digests(
                 seconds_to_wait=config.retry_delay_seconds,
             ) from failure
         raise failure
-    with engine.connect() as conn:
-        check_results = evaluate_checks(conn, day)
-    return dg.MaterializeResult(metadata=metadata, check_results=check_results)

@@ -13,9 +13,10 @@ from prediction_pipeline.defs.predictions.checks import CHECK_SPECS, evaluate_ch
 from prediction_pipeline.defs.predictions.config import PredictionsConfig
 from prediction_pipeline.partitions import model_day_partitions, parse_model_day_key
 from prediction_pipeline.resources import AppDatabase, Forecasters
-from prediction_pipeline.services.predict import PredictionTask, run_predictions
+from prediction_pipeline.services.predict import PredictionReport, PredictionTask, run_predictions
 from prediction_pipeline.services.prediction_batch import (
     BatchNotReady,
+    BatchPlan,
     plan_batch,
     recent_predictions,
 )
@@ -86,19 +87,7 @@ def predictions(
     with _not_retried_when_invalid("partition key"):
         day, model = parse_model_day_key(context.partition_key)
     engine = app_db.engine()
-    try:
-        with engine.connect() as conn:
-            plan = plan_batch(
-                conn,
-                model,
-                day,
-                top_markets_count=config.top_markets_count,
-                target_days_from_now=config.target_days_from_now,
-                end_date_range_hours=config.end_date_range_hours,
-                exclude_categories=config.exclude_categories,
-            )
-    except BatchNotReady as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+    plan = _plan(engine, config, model, day)
     spec, contexts = plan.spec, plan.contexts
 
     with _not_retried_when_invalid(f"registry entry of model {model!r}"):
@@ -119,6 +108,47 @@ def predictions(
     report = asyncio.run(
         run_predictions(engine, forecaster, task, fatal_errors=forecasters.fatal_errors())
     )
+    _fail_unless_done(context, config, task, report)
+
+    with engine.connect() as conn:
+        check_results = evaluate_checks(conn, model, day, {c.market_id for c in contexts})
+    return dg.MaterializeResult(
+        metadata={
+            "model": model,
+            "day": str(day),
+            "web_search": task.web_search,
+            **report.metadata(),
+            "preview": dg.MetadataValue.md(_preview(engine, model, day)),
+        },
+        check_results=check_results,
+    )
+
+
+def _plan(engine, config: PredictionsConfig, model: str, day: dt.date) -> BatchPlan:
+    """The markets to ask about; fails at once, without retries, if the day is not ready."""
+    try:
+        with engine.connect() as conn:
+            return plan_batch(
+                conn,
+                model,
+                day,
+                top_markets_count=config.top_markets_count,
+                target_days_from_now=config.target_days_from_now,
+                end_date_range_hours=config.end_date_range_hours,
+                exclude_categories=config.exclude_categories,
+            )
+    except BatchNotReady as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+
+
+def _fail_unless_done(
+    context: dg.AssetExecutionContext,
+    config: PredictionsConfig,
+    task: PredictionTask,
+    report: PredictionReport,
+) -> None:
+    """Log the failures and the counts; fail a stopped batch or one with too many failures."""
+    model, day = task.model, task.day
     for source_id, error in report.failures[:20]:
         context.log.warning(f"{model} {day} market {source_id} failed: {error}")
     summary = (
@@ -145,16 +175,3 @@ def predictions(
             f"({report.failure_share:.0%} > {config.max_failure_share:.0%}). {summary}",
             metadata=report.metadata(),
         )
-
-    with engine.connect() as conn:
-        check_results = evaluate_checks(conn, model, day, {c.market_id for c in contexts})
-    return dg.MaterializeResult(
-        metadata={
-            "model": model,
-            "day": str(day),
-            "web_search": task.web_search,
-            **report.metadata(),
-            "preview": dg.MetadataValue.md(_preview(engine, model, day)),
-        },
-        check_results=check_results,
-    )
