@@ -351,7 +351,9 @@ def test_cooldown_remaining_counts_down_to_zero() -> None:
 
 
 def test_a_short_pause_holds_callers_too() -> None:
-    limiter = ModelLimiter(100, 1)
+    # One call a second: a caller let through before the pause ends would take the token of
+    # t = 0 and, sent back to wait, go at t = 1 instead of when the pause ends.
+    limiter = ModelLimiter(1, 1)
 
     async def main() -> float:
         limiter.pause(0.5)
@@ -417,12 +419,12 @@ def test_thread_pacer_refuses_a_rate_that_is_not_positive(rate: float) -> None:
 
 
 def test_thread_pacer_spaces_slots_one_interval_apart() -> None:
-    pacer = ThreadPacer(0.5)  # below one a second is allowed: one slot every 2 s
-    assert pacer.interval == 2.0
+    assert ThreadPacer(0.5).interval == 2.0  # below one a second is allowed
+    pacer = ThreadPacer(2)
     stop = threading.Event()
     assert pacer.wait(stop) is True  # the first slot is now
     stop.set()
-    assert pacer.wait(stop) is False  # the next is 2 s away: a stopped sender gives up
+    assert pacer.wait(stop) is False  # the next is 0.5 s away: a stopped sender gives up
 
 
 def test_repr() -> None:

@@ -25,7 +25,7 @@ import types
 import pytest
 
 from prediction_pipeline.clients import rate_limit
-from prediction_pipeline.clients.rate_limit import LEASE_POLL_MAX, ModelLimiter
+from prediction_pipeline.clients.rate_limit import LEASE_POLL_FIRST, LEASE_POLL_MAX, ModelLimiter
 
 from .test_rate_limit import now, run_virtual
 
@@ -261,6 +261,38 @@ def test_a_call_waits_for_a_lease_another_process_holds_then_takes_a_fresh_slot(
     assert budget.held() == 0
 
 
+@pytest.mark.parametrize("jitter", ["low", "high"])
+def test_lease_polls_back_off_from_fast_to_capped_with_jitter(
+    jitter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease held elsewhere is polled for: fast at first (a call often ends soon), then
+    # doubling up to LEASE_POLL_MAX, each wait jittered by +-50% so waiting processes do not
+    # poll in step. The jitter is pinned at one end of its range here.
+    monkeypatch.setattr(
+        rate_limit.random, "uniform", lambda low, high: low if jitter == "low" else high
+    )
+    budget = FakeBudget(interval=0.0, leases=1)
+    budget.holders[0] = "another process"
+    polls: list[float] = []
+    real_take = budget.take_lease
+
+    def take_lease(holder: str) -> int | None:
+        polls.append(now())
+        if now() >= 3.0:
+            budget.holders[0] = None  # the other call ended
+        return real_take(holder)
+
+    budget.take_lease = take_lease  # type: ignore[method-assign]
+    limiter = ModelLimiter(requests_per_second=1000, max_in_flight=1, shared=budget)
+    run_virtual(lambda: _call(limiter, []))
+
+    waits = [b - a for a, b in zip(polls[1:], polls[2:], strict=False)]
+    factor = 0.5 if jitter == "low" else 1.5
+    schedule = [min(LEASE_POLL_MAX, LEASE_POLL_FIRST * 2**i) * factor for i in range(len(waits))]
+    assert polls[0] == polls[1] == pytest.approx(0.0, abs=1e-6)  # asked again at once
+    assert waits == pytest.approx(schedule, abs=1e-6)
+
+
 def test_calls_hold_at_most_the_leases_there_are() -> None:
     budget = FakeBudget(interval=0.01, leases=2)
     limiter = ModelLimiter(requests_per_second=1000, max_in_flight=10, shared=budget)
@@ -356,7 +388,9 @@ def test_a_failed_renewal_is_retried_next_round(caplog: pytest.LogCaptureFixture
         run_virtual(lambda: _call(limiter, [], hold=11.0))
 
     assert len(budget.renewals) == 2  # t = 5 failed, t = 10 renewed
-    assert "renewing m's in-flight leases failed: database restarting" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "renewing m's in-flight leases failed: database restarting"
+    ]
     assert budget.held() == 0
 
 
