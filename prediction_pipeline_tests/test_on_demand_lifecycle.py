@@ -11,6 +11,12 @@ from __future__ import annotations
 import pytest
 
 from prediction_pipeline.store import events
+
+# One module today; named by the modules its parts are moving to (queue_items, credits,
+# requests, sessions, alerts), so the split only changes these lines.
+from prediction_pipeline.store import on_demand as alert_store
+from prediction_pipeline.store import on_demand as credit_store
+from prediction_pipeline.store import on_demand as queue_store
 from prediction_pipeline.store import on_demand as request_store
 from prediction_pipeline.store import on_demand as session_store
 from prediction_pipeline_tests.guard_world import (
@@ -18,6 +24,7 @@ from prediction_pipeline_tests.guard_world import (
     new_market,
     new_model,
     new_user,
+    unique,
 )
 
 
@@ -224,3 +231,131 @@ def test_notifying_one_session_leaves_the_others_alone(engine):
         released, sent = (session_store.get_session(conn, s) for s in (first, second))
         assert (released.current_step, released.notified_at) == ("notifying", None)
         assert sent.current_step == "done" and sent.notified_at is not None
+
+
+# -- what is refused before anything is written --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"),
+    [
+        (True, "credits must be a whole number, got True"),
+        (1.0, "credits must be a whole number, got 1.0"),
+        (0, "credits must be from 1 to 1000000, got 0"),
+        (1_000_001, "credits must be from 1 to 1000000, got 1000001"),
+    ],
+)
+def test_a_credit_amount_is_a_whole_number_within_bounds(amount, message):
+    with pytest.raises(ValueError) as refused:
+        credit_store.check_credits(amount)
+    assert str(refused.value) == message
+
+
+def test_credit_bounds_are_inclusive():
+    assert credit_store.check_credits(1) == 1
+    assert credit_store.check_credits(1_000_000) == 1_000_000
+
+
+@pytest.mark.parametrize("key", ["", "   ", "k" * 201, 42])
+def test_an_idempotency_key_is_a_short_non_empty_string(key):
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        queue_store.check_idempotency_key(key)
+
+
+def test_an_idempotency_key_of_the_columns_width_is_kept():
+    assert queue_store.check_idempotency_key("k" * 200) == "k" * 200
+    assert queue_store.check_idempotency_key(None) is None
+
+
+@pytest.mark.parametrize(
+    ("slugs", "message"),
+    [
+        ("acme/a", "models must be a list of model slugs, got str 'acme/a'"),
+        (None, "models must be a list of model slugs, got NoneType None"),
+        (["acme/a", 3], "every model must be a slug string, got ['acme/a', 3]"),
+        ([" ", ""], "a session needs at least one model"),
+        ([f"acme/{i}" for i in range(21)], "a session takes at most 20 models, got 21"),
+    ],
+)
+def test_a_sessions_models_are_a_list_of_slugs(slugs, message):
+    with pytest.raises(ValueError) as refused:
+        session_store.check_model_slugs(slugs)
+    assert str(refused.value) == message
+
+
+def test_a_sessions_models_are_stripped_and_deduplicated_in_order():
+    models = [" acme/b", "acme/a", "acme/b ", ""] + [f"acme/{i}" for i in range(18)]
+    assert session_store.check_model_slugs(models) == ["acme/b", "acme/a"] + [
+        f"acme/{i}" for i in range(18)
+    ]
+
+
+def test_a_disabled_or_unknown_model_is_named_in_the_refusal(engine):
+    enabled, market, user = new_model(engine), new_market(engine), new_user(engine, credits=5)
+    with engine.begin() as conn:
+        with pytest.raises(LookupError, match="not registered or disabled: acme/nope, acme/gone"):
+            session_store.create_session(conn, user, market, [enabled, "acme/nope", "acme/gone"])
+
+
+# -- run failure alerts --------------------------------------------------------------------
+
+
+def alert(conn, run_id: str, *, deliver: bool = True, error: str = "boom") -> int | None:
+    return alert_store.record_alert(
+        conn,
+        run_id=run_id,
+        job_name="predictions_job",
+        partition_key="2026-11-02|acme/m",
+        error=error,
+        run_url=f"http://dagster/runs/{run_id}",
+        notified_via="webhook" if deliver else "log",
+        deliver=deliver,
+    )
+
+
+def test_a_failed_run_is_alerted_once_and_its_webhook_sent_by_one_sensor(engine):
+    run_id, quiet = unique("run"), unique("run")
+    with engine.begin() as conn:
+        alert_id = alert(conn, run_id, error="e" * 5000)
+        assert alert(conn, run_id) is None  # the same run again: no second alert
+        alert(conn, quiet, deliver=False)  # no webhook: nothing to deliver
+        [row] = [r for r in alert_store.alerts(conn, limit=1000) if r.run_id == run_id]
+        assert (row.id, row.job_name, row.partition_key, row.notified_via) == (
+            alert_id,
+            "predictions_job",
+            "2026-11-02|acme/m",
+            "webhook",
+        )
+        assert row.error == "e" * 4000 and row.delivered_at is None
+        assert row.run_url == f"http://dagster/runs/{run_id}"
+        waiting = {r.id for r in alert_store.undelivered_alerts(conn, max_attempts=3)}
+        assert alert_id in waiting and len(waiting) == len(
+            alert_store.undelivered_alerts(conn, max_attempts=3, limit=1000)
+        )
+        assert all(
+            r.run_id != quiet for r in alert_store.undelivered_alerts(conn, max_attempts=3)
+        )
+
+        # Two sensors saw it with 0 attempts: one claims the attempt, the other backs off.
+        assert alert_store.claim_alert_delivery(conn, alert_id, seen_attempts=0)
+        assert not alert_store.claim_alert_delivery(conn, alert_id, seen_attempts=0)
+        alert_store.finish_alert_delivery(conn, alert_id, error="x" * 2000)
+        [row] = [r for r in alert_store.alerts(conn, limit=1000) if r.id == alert_id]
+        assert (row.attempts, row.last_error, row.delivered_at) == (1, "x" * 1000, None)
+        assert row.last_attempt_at is not None
+        # Attempts left: still waiting; with a bound of one attempt it is given up.
+        assert alert_id in {r.id for r in alert_store.undelivered_alerts(conn, max_attempts=2)}
+        assert alert_id not in {
+            r.id for r in alert_store.undelivered_alerts(conn, max_attempts=1)
+        }
+
+        assert alert_store.claim_alert_delivery(conn, alert_id, seen_attempts=1)
+        alert_store.finish_alert_delivery(conn, alert_id, error=None)
+        [row] = [r for r in alert_store.alerts(conn, limit=1000) if r.id == alert_id]
+        assert row.delivered_at is not None and row.last_error is None
+        assert not alert_store.claim_alert_delivery(conn, alert_id, seen_attempts=2)
+        assert alert_id not in {
+            r.id for r in alert_store.undelivered_alerts(conn, max_attempts=9)
+        }
+        newest = alert_store.alerts(conn, limit=1)
+        assert [r.run_id for r in newest] == [quiet]
