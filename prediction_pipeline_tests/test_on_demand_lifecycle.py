@@ -292,9 +292,9 @@ def test_a_sessions_models_are_stripped_and_deduplicated_in_order():
 
 def test_a_disabled_or_unknown_model_is_named_in_the_refusal(engine):
     enabled, market, user = new_model(engine), new_market(engine), new_user(engine, credits=5)
-    with engine.begin() as conn:
-        with pytest.raises(LookupError, match="not registered or disabled: acme/nope, acme/gone"):
-            session_store.create_session(conn, user, market, [enabled, "acme/nope", "acme/gone"])
+    refused = pytest.raises(LookupError, match="not registered or disabled: acme/nope, acme/gone")
+    with engine.begin() as conn, refused:
+        session_store.create_session(conn, user, market, [enabled, "acme/nope", "acme/gone"])
 
 
 # -- run failure alerts --------------------------------------------------------------------
@@ -332,9 +332,7 @@ def test_a_failed_run_is_alerted_once_and_its_webhook_sent_by_one_sensor(engine)
         assert alert_id in waiting and len(waiting) == len(
             alert_store.undelivered_alerts(conn, max_attempts=3, limit=1000)
         )
-        assert all(
-            r.run_id != quiet for r in alert_store.undelivered_alerts(conn, max_attempts=3)
-        )
+        assert all(r.run_id != quiet for r in alert_store.undelivered_alerts(conn, max_attempts=3))
 
         # Two sensors saw it with 0 attempts: one claims the attempt, the other backs off.
         assert alert_store.claim_alert_delivery(conn, alert_id, seen_attempts=0)
@@ -345,17 +343,13 @@ def test_a_failed_run_is_alerted_once_and_its_webhook_sent_by_one_sensor(engine)
         assert row.last_attempt_at is not None
         # Attempts left: still waiting; with a bound of one attempt it is given up.
         assert alert_id in {r.id for r in alert_store.undelivered_alerts(conn, max_attempts=2)}
-        assert alert_id not in {
-            r.id for r in alert_store.undelivered_alerts(conn, max_attempts=1)
-        }
+        assert alert_id not in {r.id for r in alert_store.undelivered_alerts(conn, max_attempts=1)}
 
         assert alert_store.claim_alert_delivery(conn, alert_id, seen_attempts=1)
         alert_store.finish_alert_delivery(conn, alert_id, error=None)
         [row] = [r for r in alert_store.alerts(conn, limit=1000) if r.id == alert_id]
         assert row.delivered_at is not None and row.last_error is None
         assert not alert_store.claim_alert_delivery(conn, alert_id, seen_attempts=2)
-        assert alert_id not in {
-            r.id for r in alert_store.undelivered_alerts(conn, max_attempts=9)
-        }
+        assert alert_id not in {r.id for r in alert_store.undelivered_alerts(conn, max_attempts=9)}
         newest = alert_store.alerts(conn, limit=1)
         assert [r.run_id for r in newest] == [quiet]
