@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
 from prediction_pipeline.store import predictions as prediction_store
-from prediction_pipeline.store.tables import market_snapshots, predictions
+from prediction_pipeline.store.tables import market_snapshots, markets, predictions
 from prediction_pipeline_tests.guard_world import (
     DAY,
     context,
@@ -89,33 +89,49 @@ def test_candidates_are_the_markets_open_on_the_day_with_that_days_price(engine)
 
 
 def test_price_history_is_the_last_days_prices_oldest_first(engine):
-    market, quiet = new_market(engine), new_market(engine)
-    for back, price in [(20, 0.1), (3, 0.2), (2, None), (1, 0.3), (0, 0.4)]:
+    market, quiet, not_asked = new_market(engine), new_market(engine), new_market(engine)
+    # Written out of order: the history is ordered by day, not by insertion.
+    for back, price in [(0, 0.4), (20, 0.1), (14, 0.15), (3, 0.2), (2, None), (1, 0.3)]:
         snapshot(engine, market, DAY - dt.timedelta(days=back), price)
     snapshot(engine, market, TOMORROW, 0.9)  # after the day: not known yet
+    snapshot(engine, not_asked, DAY, 0.5)
     with engine.connect() as conn:
         history = prediction_store.price_history(conn, [market, quiet], DAY)
         three_days = prediction_store.price_history(conn, [market], DAY, days=3)
+    # 14 days by default: the day and the 13 before it (DAY - 14 is out).
     assert history == {market: [0.2, 0.3, 0.4], quiet: []}
     assert three_days == {market: [0.3, 0.4]}  # the day and the two before it
 
 
 def test_a_market_context_has_the_latest_price_on_or_before_the_day(engine):
-    market = new_market(engine)
+    market, other = new_market(engine), new_market(engine)
+    end = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(markets)
+            .where(markets.c.id == market)
+            .values(description="Paris", category="weather", end_date=end)
+        )
     snapshot(engine, market, DAY - dt.timedelta(days=3), 0.2)
     snapshot(engine, market, YESTERDAY, 0.3)
+    snapshot(engine, market, DAY, 0.35)
     snapshot(engine, market, TOMORROW, 0.9)
+    snapshot(engine, other, DAY - dt.timedelta(days=12), 0.7)  # another market's price
     with engine.connect() as conn:
         row = prediction_store.market_context_row(conn, market, DAY)
+        before = prediction_store.market_context_row(conn, market, YESTERDAY)
         early = prediction_store.market_context_row(conn, market, DAY - dt.timedelta(days=10))
         missing = prediction_store.market_context_row(conn, -1, DAY)
     assert (row.id, row.yes_price, row.status, row.question) == (
         market,
-        0.3,
+        0.35,
         "open",
         "Will it rain?",
     )
-    assert early.id == market and early.yes_price is None  # no snapshot yet
+    assert (row.description, row.category) == ("Paris", "weather")
+    assert row.end_date.replace(tzinfo=dt.UTC) == end and row.source_id.startswith("m-")
+    assert before.yes_price == 0.3
+    assert early.id == market and early.yes_price is None  # no snapshot of its own yet
     assert missing is None
 
 
@@ -266,3 +282,46 @@ def test_recent_predictions_are_newest_first_filtered_by_model_and_day(engine):
     assert [r.market_id for r in mine] == [c, b, a]
     assert [r.market_id for r in latest] == [c]
     assert {a, b, c, d} <= {r.market_id for r in everyone}
+
+
+def test_the_checks_find_what_a_database_without_the_guards_could_hold():
+    # The unique batch index and the probability CHECK make these rows impossible in a
+    # migrated database; the checks are for one restored from elsewhere. A bare table
+    # with the columns they read stands in for it.
+    bare = sa.create_engine("sqlite://")
+    with bare.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE predictions (id INTEGER PRIMARY KEY, market_id INTEGER, "
+                "model_slug TEXT, day DATE, origin TEXT, probability FLOAT)"
+            )
+        )
+        rows = [
+            (1, "m", DAY, "batch", 0.5),
+            (1, "m", DAY, "batch", 0.6),  # twice in the batch
+            (2, "m", DAY, "batch", 0.5),  # once
+            (3, "m", DAY, "batch", 1.5),
+            (3, "m", DAY, "request", 0.5),  # a batch and an on-demand row: no duplicate
+            (4, "m", DAY, "batch", -0.1),
+            (5, "m", DAY, "batch", None),
+            (6, "m", DAY, "batch", 0.0),
+            (7, "m", DAY, "batch", 1.0),
+            (1, "other", DAY, "batch", 2.0),
+            (1, "other", DAY, "batch", 0.5),
+            (1, "m", YESTERDAY, "batch", 2.0),
+            (1, "m", YESTERDAY, "batch", 0.5),
+        ]
+        for market, model, day, origin, probability in rows:
+            conn.execute(
+                sa.insert(predictions).values(
+                    market_id=market,
+                    model_slug=model,
+                    day=day,
+                    origin=origin,
+                    probability=probability,
+                )
+            )
+        assert prediction_store.batch_duplicates(conn, "m", DAY) == 1
+        assert prediction_store.batch_duplicates(conn, "m", TOMORROW) == 0
+        assert prediction_store.probabilities_out_of_range(conn, "m", DAY) == 3
+        assert prediction_store.probabilities_out_of_range(conn, "m", TOMORROW) == 0
