@@ -19,7 +19,7 @@ from prediction_pipeline.core.forecast import ForecastResult, MarketContext
 from prediction_pipeline.services.forecasters import ForecastAttemptsExhausted
 from prediction_pipeline.services.predict import market_contexts
 from prediction_pipeline.store import predictions as prediction_store
-from prediction_pipeline.store.tables import market_snapshots, markets
+from prediction_pipeline.store.tables import market_snapshots, markets, spend_calls
 from prediction_pipeline_tests.guard_world import DAY, database_engine, new_market, new_model
 from prediction_pipeline_tests.test_prediction_scenarios import (
     ScriptedForecaster,
@@ -28,6 +28,8 @@ from prediction_pipeline_tests.test_prediction_scenarios import (
     stored,
     unique,
 )
+
+END = dt.datetime(2031, 6, 30, 12, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -76,6 +78,11 @@ def test_an_on_demand_prediction_is_stored_with_its_links_and_the_providers_late
     )
     assert (row.experiment_tag, row.experiment_notes) == ("tag-b", "why")
     assert row.latency_ms == 850.0 and report.latencies_ms == [850.0]
+    with engine.connect() as conn:  # the call's spend is booked to the run too
+        runs = conn.scalars(
+            sa.select(spend_calls.c.run_id).where(spend_calls.c.model_slug == model)
+        )
+        assert list(runs) == ["run-9"]
     assert (report.predicted, report.prompt_tokens, report.completion_tokens) == (1, 10, 5)
 
 
@@ -162,9 +169,9 @@ def test_market_contexts_carry_the_days_price_and_its_history(engine):
         conn.execute(
             sa.update(markets)
             .where(markets.c.id == market)
-            .values(description="Rain in Paris", category="weather")
+            .values(description="Rain in Paris", category="weather", end_date=END)
         )
-        for back, price in [(2, 0.2), (1, 0.3), (0, 0.35)]:
+        for back, price in [(14, 0.1), (2, 0.2), (1, 0.3), (0, 0.35)]:
             conn.execute(
                 sa.insert(market_snapshots).values(
                     market_id=market,
@@ -184,7 +191,8 @@ def test_market_contexts_carry_the_days_price_and_its_history(engine):
         short = market_contexts(conn, rows, day, history_days=2)
     first, second = contexts
     assert (first.market_id, first.day, first.market_price) == (market, day, 0.35)
-    assert first.price_history == (0.2, 0.3, 0.35)
+    assert first.price_history == (0.2, 0.3, 0.35)  # 14 days: the day and 13 before it
+    assert first.end_date.replace(tzinfo=dt.UTC) == END
     assert (first.description, first.category, first.question) == (
         "Rain in Paris",
         "weather",
