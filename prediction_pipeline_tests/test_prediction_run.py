@@ -18,6 +18,7 @@ from prediction_pipeline.clients.http_retry import RetryStats
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
 from prediction_pipeline.services.forecasters import ForecastAttemptsExhausted
 from prediction_pipeline.services.predict import market_contexts
+from prediction_pipeline.services.spend import SpendCapReached
 from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store.tables import market_snapshots, markets, spend_calls
 from prediction_pipeline_tests.guard_world import DAY, database_engine, new_market, new_model
@@ -215,3 +216,31 @@ def test_stats_are_shared_by_the_calls_of_a_run(engine):
 
     report = run(engine, Retrying(model), [market])
     assert report.metadata()["retries"] == 1
+
+
+def test_failures_without_costs_add_nothing_but_count_each_market(engine):
+    # Errors that carry no cost or tokens (a bug, a dropped socket) add none to the report;
+    # every failed market counts, and what the answered ones cost is kept.
+    model = new_model(engine)
+    ok1, bad1, ok2, bad2 = (new_market(engine) for _ in range(4))
+    script = {bad1: RuntimeError("socket closed"), bad2: KeyError("choices")}
+    report = run(engine, ScriptedForecaster(model, script), [ok1, bad1, ok2, bad2])
+    assert (report.predicted, report.failed) == (2, 2)
+    assert report.cost_usd == pytest.approx(0.002)
+    assert (report.prompt_tokens, report.completion_tokens) == (20, 10)
+
+
+def test_a_call_refused_for_the_cap_after_paid_re_asks_skips_the_rest_for_budget(engine):
+    # The forecaster paid for invalid answers, then its re-ask was refused for the cap: what
+    # it paid is in the run's cost, and that market and every one after it are skipped.
+    model = new_model(engine)
+    ids = [new_market(engine) for _ in range(5)]
+    refused = SpendCapReached("spend cap reached")
+    refused.cost_usd = 0.004
+    forecaster = ScriptedForecaster(model, {ids[1]: refused})
+    report = run(engine, forecaster, ids)
+    assert forecaster.calls == ids[:2]
+    assert (report.predicted, report.skipped_budget, report.failed) == (1, 4, 0)
+    assert report.cost_usd == pytest.approx(0.001 + 0.004)
+    for market in ids[1:]:
+        assert letter(engine, market, model).kind == "budget"
