@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from prediction_pipeline.clients.http_retry import RetryStats
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
+from prediction_pipeline.services import predict as predict_service
 from prediction_pipeline.services.forecasters import ForecastAttemptsExhausted
 from prediction_pipeline.services.predict import market_contexts
 from prediction_pipeline.services.spend import SpendCapReached
@@ -244,3 +245,48 @@ def test_a_call_refused_for_the_cap_after_paid_re_asks_skips_the_rest_for_budget
     assert report.cost_usd == pytest.approx(0.001 + 0.004)
     for market in ids[1:]:
         assert letter(engine, market, model).kind == "budget"
+
+
+class SteppingClock:
+    """A monotonic clock that moves only when told to (no wall-clock time in the test)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_measured_latency_and_elapsed_time_are_in_their_units(engine, monkeypatch):
+    clock = SteppingClock()
+    monkeypatch.setattr(predict_service, "time", clock)
+    model, market = new_model(engine), new_market(engine)
+
+    class Slow(ScriptedForecaster):
+        async def forecast(self, ctx, **kwargs):
+            clock.now += 0.25  # the provider took a quarter of a second
+            return await super().forecast(ctx, **kwargs)
+
+    report = run(engine, Slow(model), [market])
+    [row] = stored(engine, model)
+    assert row.latency_ms == pytest.approx(250.0)
+    assert report.elapsed_s == pytest.approx(0.25)
+
+
+def test_markets_another_run_stored_meanwhile_are_counted_once_each(engine):
+    # Another run stores the market while this one asks the provider: the answer is not
+    # stored a second time, and the market counts as existing; the run goes on.
+    model = new_model(engine)
+    ids = [new_market(engine) for _ in range(3)]
+
+    class Raced(ScriptedForecaster):
+        async def forecast(self, ctx, **kwargs):
+            answer = await super().forecast(ctx, **kwargs)
+            if ctx.market_id != ids[2]:
+                with engine.begin() as conn:
+                    prediction_store.store_prediction(conn, ctx, model, answer)
+            return answer
+
+    report = run(engine, Raced(model), ids)
+    assert (report.skipped_existing, report.predicted) == (2, 1)
+    assert len(stored(engine, model)) == 3
