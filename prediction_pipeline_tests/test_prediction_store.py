@@ -14,7 +14,12 @@ import sqlalchemy as sa
 
 from prediction_pipeline.core.forecast import ForecastResult, MarketContext
 from prediction_pipeline.store import predictions as prediction_store
-from prediction_pipeline.store.tables import market_snapshots, markets, predictions
+from prediction_pipeline.store.tables import (
+    market_snapshots,
+    markets,
+    prediction_failures,
+    predictions,
+)
 from prediction_pipeline_tests.guard_world import (
     DAY,
     context,
@@ -220,6 +225,21 @@ def test_predicted_market_ids_are_the_models_batch_predictions_of_the_day(engine
         assert prediction_store.predicted_market_ids(conn, model, DAY) == {today}
 
 
+def test_a_letter_keeps_the_time_it_was_first_settled(engine):
+    model, market = new_model(engine), new_market(engine)
+    resolved_at = sa.select(prediction_failures.c.resolved_at).where(
+        prediction_failures.c.market_id == market
+    )
+    fail(engine, market, model)
+    store(engine, market, model)
+    with engine.connect() as conn:
+        first = conn.scalar(resolved_at)
+    assert first is not None
+    assert store(engine, market, model) is None  # stored again (a re-run): nothing new
+    with engine.connect() as conn:
+        assert conn.scalar(resolved_at) == first
+
+
 def test_a_long_error_is_cut_to_2000_characters(engine):
     model, market = new_model(engine), new_market(engine)
     fail(engine, market, model, error="x" * 5000)
@@ -306,8 +326,10 @@ def test_the_checks_find_what_a_database_without_the_guards_could_hold():
             (5, "m", DAY, "batch", None),
             (6, "m", DAY, "batch", 0.0),
             (7, "m", DAY, "batch", 1.0),
-            (1, "other", DAY, "batch", 2.0),
-            (1, "other", DAY, "batch", 0.5),
+            (8, "other", DAY, "batch", 2.0),  # another model's duplicates: not counted
+            (8, "other", DAY, "batch", 0.5),
+            (9, "other", DAY, "batch", 0.5),
+            (9, "other", DAY, "batch", 0.5),
             (1, "m", YESTERDAY, "batch", 2.0),
             (1, "m", YESTERDAY, "batch", 0.5),
         ]
