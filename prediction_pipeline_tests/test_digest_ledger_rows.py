@@ -124,3 +124,54 @@ def test_the_previous_digest_is_the_latest_sent_before_the_day(engine):
     assert set(previous) == {user}
     assert previous[user].day == DAY - dt.timedelta(days=1)
     assert previous[user].sent_at == delivery(engine, user, DAY - dt.timedelta(days=1)).sent_at
+
+
+def test_each_step_stamps_the_row_with_its_time(engine):
+    user = new_user(engine)
+    claim(engine, user, "tok")
+    steps = [
+        (ledger.refresh_claim, ("tok", LEASE)),
+        (ledger.claim_retry, ("tok", "421", LEASE)),
+        (ledger.release, ("tok", "stopped")),
+    ]
+    for minute, (step, args) in enumerate(steps, start=1):
+        at = dt.datetime(2030, 1, 1, 0, minute, tzinfo=dt.UTC)
+        with engine.begin() as conn:
+            assert step(conn, DAY, user, *args, now=at)
+        assert delivery(engine, user).updated_at.replace(tzinfo=dt.UTC) == at
+    claim(engine, user, "tok2")
+    at = dt.datetime(2030, 1, 1, 1, 0, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        assert ledger.mark_failed(conn, DAY, user, "tok2", ledger.TRANSIENT, "421", now=at)
+    assert delivery(engine, user).updated_at.replace(tzinfo=dt.UTC) == at
+
+
+def test_reads_are_of_the_users_and_the_day_asked_for(engine):
+    day = dt.date(2030, 3, 1)
+    asked, other, no_run = new_user(engine), new_user(engine), new_user(engine)
+    claim(engine, asked, "tok", run_id="run-a", day=day)
+    claim(engine, other, "tok", run_id="run-b", day=day + dt.timedelta(days=1))
+    claim(engine, other, "tok", run_id="run-c", day=day)
+    held(engine, ledger.mark_sent, day, other, "tok", None)  # sent: its run holds nothing
+    with engine.begin() as conn:
+        ledger.claim(conn, day, {no_run: "<m@x>"}, token="t", run_id=None, lease=LEASE)
+    with engine.connect() as conn:
+        assert set(ledger.deliveries(conn, day, [asked])) == {asked}
+        assert ledger.pending_run_ids(conn, day) == ["run-a"]
+        assert ledger.unresolved(conn, day, [asked, other, no_run]) == {asked: "run-a", no_run: ""}
+        # `other` is still pending the next day, not this one.
+        assert ledger.unresolved(conn, day + dt.timedelta(days=1), [other]) == {other: "run-b"}
+
+
+def test_each_user_gets_their_own_previous_digest(engine):
+    early, late, not_asked = new_user(engine), new_user(engine), new_user(engine)
+    for user, back in [(early, 5), (early, 3), (late, 2), (not_asked, 1)]:
+        day = DAY - dt.timedelta(days=back)
+        claim(engine, user, "tok", day=day)
+        held(engine, ledger.mark_sent, day, user, "tok", None)
+    with engine.connect() as conn:
+        previous = ledger.previous_digests(conn, DAY, [early, late])
+    assert {user: p.day for user, p in previous.items()} == {
+        early: DAY - dt.timedelta(days=3),
+        late: DAY - dt.timedelta(days=2),
+    }
