@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import sqlalchemy as sa
 
 from prediction_pipeline.store import digest_ledger as ledger
+from prediction_pipeline.store.tables import digest_deliveries
 from prediction_pipeline_tests.guard_world import DAY, database_engine, new_user
 from prediction_pipeline_tests.test_store_guards import LEASE, claim, delivery, held
 
@@ -109,6 +111,8 @@ def test_a_release_says_why_it_was_not_sent(engine):
 def test_a_too_short_lease_is_refused_naming_the_setting():
     with pytest.raises(ValueError, match=r"pending_lease_minutes\) must be at least 1 minute"):
         ledger.check_lease(dt.timedelta(seconds=59))
+    with pytest.raises(ValueError, match=r"got 0\.5: a claim that expires"):  # minutes given
+        ledger.check_lease(dt.timedelta(seconds=30))
 
 
 def test_the_previous_digest_is_the_latest_sent_before_the_day(engine):
@@ -144,6 +148,36 @@ def test_each_step_stamps_the_row_with_its_time(engine):
     with engine.begin() as conn:
         assert ledger.mark_failed(conn, DAY, user, "tok2", ledger.TRANSIENT, "421", now=at)
     assert delivery(engine, user).updated_at.replace(tzinfo=dt.UTC) == at
+    claim(engine, user, "tok3")
+    at = dt.datetime(2030, 1, 1, 2, 0, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        assert ledger.mark_sent(conn, DAY, user, "tok3", "queue-id", now=at)
+    row = delivery(engine, user)
+    assert row.updated_at.replace(tzinfo=dt.UTC) == row.sent_at.replace(tzinfo=dt.UTC) == at
+
+
+def test_a_skip_is_not_an_attempt(engine):
+    user = new_user(engine)
+    with engine.begin() as conn:
+        assert ledger.record_skips(conn, DAY, {user: ledger.OPTED_OUT}) == {user}
+    row = delivery(engine, user)
+    assert (row.status, row.skip_reason, row.attempts) == ("skipped", "opted_out", 0)
+
+
+def test_a_failure_recorded_without_a_kind_is_claimable_again(engine):
+    # Rows failed before failures had a kind: treated as transient (the next run retries),
+    # never as permanent.
+    user = new_user(engine)
+    claim(engine, user, "tok")
+    held(engine, ledger.mark_failed, DAY, user, "tok", ledger.TRANSIENT, "421")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(digest_deliveries)
+            .where(digest_deliveries.c.user_id == user)
+            .values(error_kind=None)
+        )
+    assert claim(engine, user, "tok2")
+    assert delivery(engine, user).attempts == 2
 
 
 def test_reads_are_of_the_users_and_the_day_asked_for(engine):
