@@ -13,10 +13,11 @@ import pytest
 from prediction_pipeline.store import events
 
 # One module today; named by the modules its parts are moving to (queue_items, credits,
-# requests, sessions, alerts), so the split only changes these lines.
+# requests, sessions, queue_recovery, alerts), so the split only changes these lines.
 from prediction_pipeline.store import on_demand as alert_store
 from prediction_pipeline.store import on_demand as credit_store
 from prediction_pipeline.store import on_demand as queue_store
+from prediction_pipeline.store import on_demand as recovery_store
 from prediction_pipeline.store import on_demand as request_store
 from prediction_pipeline.store import on_demand as session_store
 from prediction_pipeline_tests.guard_world import (
@@ -353,3 +354,49 @@ def test_a_failed_run_is_alerted_once_and_its_webhook_sent_by_one_sensor(engine)
         assert alert_id not in {r.id for r in alert_store.undelivered_alerts(conn, max_attempts=9)}
         newest = alert_store.alerts(conn, limit=1)
         assert [r.run_id for r in newest] == [quiet]
+
+
+# -- recovery after a dead run -------------------------------------------------------------
+
+
+def test_unfinished_work_is_listed_with_its_launches_and_requeued_once_per_dead_run(engine):
+    model = new_model(engine)
+    done, running = two_requests(engine)[:2]
+    session, queued_session, _ = two_sessions(engine, [model])
+    with engine.begin() as conn:
+        request_store.start_request(conn, done, "run-1")
+        request_store.finish_request(conn, done, prediction_id=None, error=None)
+        request_store.start_request(conn, running, "run-1")
+        session_store.start_session(conn, session, "run-1")
+        items = {item[1]: item for item in recovery_store.unfinished_items(conn)}
+    assert done not in items
+    assert [items[i][0::2] for i in (running, session, queued_session)] == [
+        ("request", "running", 0),
+        ("session", "running", 0),
+        ("session", "queued", 0),
+    ]
+    assert all(items[i][3].tzinfo is not None for i in (running, session, queued_session))
+    with engine.begin() as conn:
+        assert recovery_store.requeue(conn, "request", running)
+        assert recovery_store.requeue(conn, "session", session)
+        assert not recovery_store.requeue(conn, "request", done)  # finished meanwhile
+        items = {item[1]: item for item in recovery_store.unfinished_items(conn)}
+        assert items[running][2:5:2] == ("queued", 1)
+        assert items[session][2:5:2] == ("queued", 1)
+        assert log(conn, running)[-1] == ("request", "requeued", {})
+        assert log(conn, session)[-1] == ("session", "requeued", {})
+        assert request_store.get_request(conn, done).status == "succeeded"
+
+
+def test_queued_sessions_are_the_queued_ones_oldest_first(engine):
+    model = new_model(engine)
+    with engine.begin() as conn:  # drain what other tests left queued
+        for row in session_store.queued_sessions(conn, limit=10_000):
+            session_store.start_session(conn, row.id, "drain")
+    first, second, _ = two_sessions(engine, [model])
+    third = two_sessions(engine, [model])[0]
+    with engine.begin() as conn:
+        session_store.start_session(conn, second, "run-1")
+        queued = [s.id for s in session_store.queued_sessions(conn)]
+        assert queued[:2] == [first, third] and second not in queued
+        assert [s.id for s in session_store.queued_sessions(conn, limit=1)] == [first]
