@@ -182,7 +182,8 @@ def test_a_failure_recorded_without_a_kind_is_claimable_again(engine):
 
 def test_reads_are_of_the_users_and_the_day_asked_for(engine):
     day = dt.date(2030, 3, 1)
-    asked, other, no_run = new_user(engine), new_user(engine), new_user(engine)
+    asked, other, no_run, not_asked = (new_user(engine) for _ in range(4))
+    claim(engine, not_asked, "tok", run_id="run-d", day=day)
     claim(engine, asked, "tok", run_id="run-a", day=day)
     claim(engine, other, "tok", run_id="run-b", day=day + dt.timedelta(days=1))
     claim(engine, other, "tok", run_id="run-c", day=day)
@@ -191,7 +192,7 @@ def test_reads_are_of_the_users_and_the_day_asked_for(engine):
         ledger.claim(conn, day, {no_run: "<m@x>"}, token="t", run_id=None, lease=LEASE)
     with engine.connect() as conn:
         assert set(ledger.deliveries(conn, day, [asked])) == {asked}
-        assert ledger.pending_run_ids(conn, day) == ["run-a"]
+        assert ledger.pending_run_ids(conn, day) == ["run-a", "run-d"]
         assert ledger.unresolved(conn, day, [asked, other, no_run]) == {asked: "run-a", no_run: ""}
         # `other` is still pending the next day, not this one.
         assert ledger.unresolved(conn, day + dt.timedelta(days=1), [other]) == {other: "run-b"}

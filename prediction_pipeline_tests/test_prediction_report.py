@@ -33,7 +33,7 @@ def test_the_metadata_of_a_run_holds_every_promised_figure() -> None:
         completion_tokens=345,
         cost_usd=0.01234567,
         day_spent_usd=1.23456789,
-        latencies_ms=[100.04, 200.0, 300.26, 400.0, 1000.0],
+        latencies_ms=[100.04, 200.0, 300.26, 400.0, 1000.33],
         stats=stats,
         elapsed_s=12.3456,
     )
@@ -50,7 +50,7 @@ def test_the_metadata_of_a_run_holds_every_promised_figure() -> None:
         "cost_usd": 0.012346,  # to the micro-dollar
         "day_spent_usd": 1.234568,
         "latency_p50_ms": 300.3,  # to a tenth of a millisecond
-        "latency_p95_ms": 880.0,  # interpolated between 400 and 1000
+        "latency_p95_ms": 880.3,  # interpolated between 400 and 1000.33
         "retries": 2,
         "http_429s": 2,
         "elapsed_s": 12.35,
