@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from prediction_pipeline.clients.rate_limit import ModelLimiter
+from prediction_pipeline.clients.rate_limit import ModelLimiter, ThreadPacer
 
 EPS = 1e-6
 TICK = 1e-9  # virtual seconds per turn of the event loop
@@ -290,12 +291,91 @@ def test_limiter_can_be_reused_across_event_loops() -> None:
     assert limiter.in_flight == 0
 
 
+def test_a_new_loop_starts_without_the_old_loops_cooldown() -> None:
+    # Each run has its own event loop and clock (one asyncio.run per run): a cooldown set on
+    # the last run's clock means nothing on the next one's and must not hold it.
+    limiter = ModelLimiter(100, 2)
+
+    async def paused_for_an_hour() -> None:
+        async with limiter:
+            limiter.pause(3600.0)
+
+    run_virtual(paused_for_an_hour)
+    assert run_virtual(lambda: _acquire_at(limiter)) == pytest.approx(0.0, abs=EPS)
+    assert limiter.acquired == 2
+
+
+def test_a_limiter_holding_a_slot_in_one_loop_refuses_another_loop() -> None:
+    limiter = ModelLimiter(100, 2)
+    errors: list[BaseException] = []
+
+    def other_loop() -> None:
+        try:
+            asyncio.run(_acquire_at(limiter))
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    async def main() -> None:
+        async with limiter:  # in flight on this loop
+            thread = threading.Thread(target=other_loop)
+            thread.start()
+            thread.join()
+
+    run_virtual(main)
+    assert [str(e) for e in errors] == ["ModelLimiter used from two event loops at once"]
+    assert limiter.acquired == 1 and limiter.in_flight == 0
+
+
+def test_a_fresh_limiter_reports_nothing_used() -> None:
+    limiter = ModelLimiter(1, 4)
+    assert (limiter.in_flight, limiter.max_in_flight_seen, limiter.acquired) == (0, 0, 0)
+    assert limiter.pauses == [] and limiter.pause_count == 0
+    assert limiter.cooldown_remaining() == 0.0  # outside any event loop
+
+
+def test_cooldown_remaining_counts_down_to_zero() -> None:
+    limiter = ModelLimiter(100, 1)
+
+    async def main() -> list[float]:
+        await asyncio.sleep(10.0)
+        limiter.pause(4.0)
+        seen = [limiter.cooldown_remaining()]
+        await asyncio.sleep(1.0)
+        seen.append(limiter.cooldown_remaining())
+        await asyncio.sleep(5.0)
+        seen.append(limiter.cooldown_remaining())
+        return seen
+
+    assert run_virtual(main) == pytest.approx([4.0, 3.0, 0.0], abs=1e-6)
+    assert limiter.paused_until == pytest.approx(14.0)
+
+
+def test_a_short_pause_holds_callers_too() -> None:
+    # One call a second: a caller let through before the pause ends would take the token of
+    # t = 0 and, sent back to wait, go at t = 1 instead of when the pause ends.
+    limiter = ModelLimiter(1, 1)
+
+    async def main() -> float:
+        limiter.pause(0.5)
+        return await _acquire_at(limiter)
+
+    assert run_virtual(main) == pytest.approx(0.5, abs=1e-6)
+
+
 @pytest.mark.parametrize(
-    ("rps", "in_flight", "burst"),
-    [(0, 1, 1), (-1, 1, 1), (float("inf"), 1, 1), (1, 0, 1), (1, 1, 0.5)],
+    ("rps", "in_flight", "burst", "named"),
+    [
+        (0, 1, 1, "requests_per_second"),
+        (-1, 1, 1, "requests_per_second"),
+        (float("inf"), 1, 1, "requests_per_second"),
+        (float("nan"), 1, 1, "requests_per_second"),
+        (1, 0, 1, "max_in_flight"),
+        (1, 1, 0.5, "burst"),
+    ],
 )
-def test_invalid_settings(rps: float, in_flight: int, burst: float) -> None:
-    with pytest.raises(ValueError):
+def test_invalid_settings(rps: float, in_flight: int, burst: float, named: str) -> None:
+    # The message names the setting to fix (they come from the model registry's YAML).
+    with pytest.raises(ValueError, match=named):
         ModelLimiter(rps, in_flight, burst=burst)
 
 
@@ -303,18 +383,52 @@ def test_invalid_pause() -> None:
     limiter = ModelLimiter(1, 1)
 
     async def main() -> None:
-        with pytest.raises(ValueError):
-            limiter.pause(-1)
+        for seconds in (-1, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="pause seconds"):
+                limiter.pause(seconds)
 
     run_virtual(main)
+    assert limiter.pauses == []
 
 
 def test_release_without_acquire_is_an_error() -> None:
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="released more often than acquired"):
         ModelLimiter(1, 1).release()
+
+
+def test_releasing_twice_is_an_error() -> None:
+    limiter = ModelLimiter(100, 2)
+
+    async def main() -> None:
+        await limiter.acquire()
+        limiter.release()
+        with pytest.raises(RuntimeError, match="released more often than acquired"):
+            limiter.release()
+
+    run_virtual(main)
+    assert limiter.in_flight == 0
+
+
+# -- ThreadPacer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0, -1, float("inf"), float("nan")])
+def test_thread_pacer_refuses_a_rate_that_is_not_positive(rate: float) -> None:
+    with pytest.raises(ValueError, match="rate must be a positive number"):
+        ThreadPacer(rate)
+
+
+def test_thread_pacer_spaces_slots_one_interval_apart() -> None:
+    assert ThreadPacer(0.5).interval == 2.0  # below one a second is allowed
+    pacer = ThreadPacer(2)
+    stop = threading.Event()
+    assert pacer.wait(stop) is True  # the first slot is now
+    stop.set()
+    assert pacer.wait(stop) is False  # the next is 0.5 s away: a stopped sender gives up
 
 
 def test_repr() -> None:
     assert repr(ModelLimiter(2.5, 3, name="openai/gpt-4o")) == (
         "ModelLimiter('openai/gpt-4o', rps=2.5, max_in_flight=3, in_flight=0)"
     )
+    assert repr(ModelLimiter(2.5, 3)) == "ModelLimiter(rps=2.5, max_in_flight=3, in_flight=0)"
