@@ -65,8 +65,8 @@ bench: install
 helm-schema:
 	deploy/helm/fetch_schema.sh
 
-# Mutation testing (not part of `make test`; long: see the README for a measured run of these
-# modules before store/on_demand.py was split): mutmut mutates store/, services/ and
+# Mutation testing (not part of `make test`; long: see the README for measured runs; on a
+# shared machine run one module at a time with `mutmut run --max-children 1 "MODULE.*"`): mutmut mutates store/, services/ and
 # clients/rate_limit.py ([tool.mutmut] in pyproject.toml) and runs the fast SQLite tests
 # against each mutant, then prints the score per module and lists the survivors in
 # .local/mutation/survivors.txt (`mutmut show NAME`).

@@ -8,7 +8,8 @@ import datetime as dt
 
 import pytest
 
-from prediction_pipeline.services.digests import DeliveryReport, DeliverySettings
+from prediction_pipeline.services.digest_report import DeliveryReport
+from prediction_pipeline.services.digest_settings import DeliverySettings
 
 
 def test_the_metadata_holds_every_count_of_the_run() -> None:

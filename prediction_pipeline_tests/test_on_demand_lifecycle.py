@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import pytest
 
-from prediction_pipeline.store import events
-
 # One module today; named by the modules its parts are moving to (queue_items, credits,
 # requests, sessions, queue_recovery, alerts), so the split only changes these lines.
-from prediction_pipeline.store import on_demand as alert_store
-from prediction_pipeline.store import on_demand as credit_store
-from prediction_pipeline.store import on_demand as queue_store
-from prediction_pipeline.store import on_demand as recovery_store
-from prediction_pipeline.store import on_demand as request_store
-from prediction_pipeline.store import on_demand as session_store
+from prediction_pipeline.store import alerts as alert_store
+from prediction_pipeline.store import credits as credit_store
+from prediction_pipeline.store import events
+from prediction_pipeline.store import queue_items as queue_store
+from prediction_pipeline.store import queue_recovery as recovery_store
+from prediction_pipeline.store import requests as request_store
+from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline_tests.guard_world import (
     database_engine,
     new_market,
