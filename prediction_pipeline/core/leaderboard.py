@@ -63,7 +63,7 @@ def market_sums(scored: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.Data
     """Per (`by` keys, market) sums of the scores: the unit the bootstrap resamples.
 
     `scored` is the output of `score_predictions`. The store computes the same frame with
-    SQL (`store.scoring.leaderboard_market_sums`), so that memory grows with the number of
+    SQL (`store.scoring.leaderboard_market_sum_parts`), so that memory grows with the number of
     markets, not predictions. Columns: the `by` keys, ``market_id`` and `SUM_COLUMNS`.
     """
     by = _check_by(by)

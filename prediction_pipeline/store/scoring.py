@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
+from prediction_pipeline.core.leaderboard import SUM_COLUMNS
 from prediction_pipeline.core.markets import MarketStatus
 from prediction_pipeline.core.scoring import LOG_SCORE_EPS
 from prediction_pipeline.store.db import dialect_insert
@@ -242,15 +243,6 @@ def _frame(conn: sa.Connection, query: sa.Select) -> pd.DataFrame:
     return pd.DataFrame(conn.execute(query).all(), columns=list(query.selected_columns.keys()))
 
 
-_SUM_COLUMNS = (
-    "n",
-    "n_priced",
-    "sum_brier",
-    "sum_log_score",
-    "sum_brier_priced",
-    "sum_market_brier",
-    "sum_market_log_score",
-)
 # Rows fetched at a time when streaming the per-market sums (a few MB of Python objects).
 PART_ROWS = 20_000
 
@@ -294,7 +286,7 @@ def leaderboard_market_sum_parts(
 
     def frame(part: list) -> pd.DataFrame:
         out = pd.DataFrame(part, columns=columns)
-        out[list(_SUM_COLUMNS)] = out[list(_SUM_COLUMNS)].astype("float64")
+        out[list(SUM_COLUMNS)] = out[list(SUM_COLUMNS)].astype("float64")
         return out
 
     # A server-side cursor on PostgreSQL; SQLite steps through its result anyway.
@@ -311,19 +303,6 @@ def leaderboard_market_sum_parts(
         pending = part[cut:]
     if pending:
         yield frame(pending)
-
-
-def leaderboard_market_sums(
-    conn: sa.Connection, key: str | None = None, cutoffs: dict[str, dt.date] | None = None
-) -> pd.DataFrame:
-    """All of `leaderboard_market_sum_parts` in one frame (for checks and small data)."""
-    parts = list(leaderboard_market_sum_parts(conn, key, cutoffs))
-    if parts:
-        return pd.concat(parts, ignore_index=True)
-    groups = ["model"] + ([key] if key else [])
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in [*groups, "market_id"]}).assign(
-        **{c: pd.Series(dtype="float64") for c in _SUM_COLUMNS}
-    )
 
 
 def leaderboard_calibration_sums(
