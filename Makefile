@@ -81,7 +81,7 @@ MUTANTS ?= prediction_pipeline.store.predictions.* prediction_pipeline.services.
 mutation: install
 	$(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/python tools/mutation_report.py --survivors .local/mutation/survivors.txt \
-		$(subst .*,,$(MUTANTS))
+		--equivalent tools/equivalent_mutants.txt $(subst .*,,$(MUTANTS))
 
 clean:
 	rm -rf .local mutants

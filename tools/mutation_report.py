@@ -1,14 +1,18 @@
 """Mutation score per module from mutmut's results (the `mutants/**/*.py.meta` files).
 
-    python tools/mutation_report.py [--survivors .local/mutation/survivors.txt] [MODULE ...]
+    python tools/mutation_report.py [--survivors FILE] [--equivalent FILE] [MODULE ...]
 
 Prints one row per mutated module: mutants, killed (a test failed or timed out), survived,
-no tests (no selected test runs the function), not checked yet, the score
-killed / (killed + survived + no tests), and the score of the tested functions,
-killed / (killed + survived) (functions only the slower tests reach count as untested
-here). With --survivors, writes the surviving and untested
-mutant names (one per line, `mutmut show NAME` prints the diff) to that file. MODULE
-filters by dotted-name prefix, e.g. `prediction_pipeline.store.predictions`.
+equivalent (survivors listed in the equivalents file: they change no behaviour a caller can
+see), no tests (no selected test runs the function), not checked yet, and the score
+killed / (killed + survived + no tests), equivalent survivors left out. With --survivors,
+writes the surviving (not equivalent) and untested mutant names to that file (one per line;
+`mutmut show NAME` prints the diff). MODULE filters by dotted-name prefix, e.g.
+`prediction_pipeline.store.predictions`.
+
+The equivalents file has one mutant per line, `NAME  why it is equivalent`; `#` starts a
+comment. Mutant names number the mutations of a function, so the file belongs to a commit:
+names listed there that were killed or no longer exist are reported as stale.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ KILLED = {1: "killed", 3: "killed", 36: "killed", -24: "killed", 24: "killed", 1
           255: "killed", 37: "killed"}  # fmt: skip
 SURVIVED = {0: "survived"}
 NO_TESTS = {5: "no tests", 33: "no tests"}
-COLUMNS = ("mutants", "killed", "survived", "no tests", "not checked", "other")
+COLUMNS = ("mutants", "killed", "survived", "equivalent", "no tests", "not checked", "other")
 
 
 def status(exit_code: int | None) -> str:
@@ -50,11 +54,29 @@ def module_results(mutants_dir: Path) -> dict[str, dict[str, int | None]]:
     return found
 
 
+def read_equivalents(path: Path | None) -> dict[str, str]:
+    """{mutant name: why it is equivalent} from the equivalents file."""
+    if path is None:
+        return {}
+    found = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, why = line.strip().partition(" ")
+            found[name] = why.strip()
+    return found
+
+
+def classify(code: int | None, name: str, equivalents: dict[str, str]) -> str:
+    kind = status(code)
+    return "equivalent" if kind == "survived" and name in equivalents else kind
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="dotted module prefixes to report")
     parser.add_argument("--mutants-dir", type=Path, default=Path("mutants"))
     parser.add_argument("--survivors", type=Path, help="write surviving mutant names here")
+    parser.add_argument("--equivalent", type=Path, help="the equivalent mutants, with why")
     args = parser.parse_args()
     results = module_results(args.mutants_dir)
     if args.modules:
@@ -62,23 +84,25 @@ def main() -> int:
     if not results:
         print(f"no mutmut results under {args.mutants_dir}/ (run `make mutation` first)")
         return 1
+    equivalents = read_equivalents(args.equivalent)
     width = max(len(m) for m in results)
     header = "  ".join(f"{c:>11}" for c in COLUMNS)
-    print(f"{'module':<{width}}  {header}   score  tested")
-    survivors = []
+    print(f"{'module':<{width}}  {header}   score")
+    survivors, seen = [], {}
     for module, codes in results.items():
-        counts = Counter(status(code) for code in codes.values())
+        kinds = {name: classify(code, name, equivalents) for name, code in codes.items()}
+        seen.update(kinds)
+        counts = Counter(kinds.values())
         judged = counts["killed"] + counts["survived"] + counts["no tests"]
-        tested = counts["killed"] + counts["survived"]
-        row = [len(codes), *(counts[c] for c in COLUMNS[1:])]
-        cells = "  ".join(f"{n:>11}" for n in row)
-        print(f"{module:<{width}}  {cells}  {percent(counts['killed'], judged)}"
-              f"  {percent(counts['killed'], tested)}")  # fmt: skip
+        cells = "  ".join(f"{n:>11}" for n in [len(codes), *(counts[c] for c in COLUMNS[1:])])
+        print(f"{module:<{width}}  {cells}  {percent(counts['killed'], judged)}")
         survivors += sorted(
-            f"{name}\t{status(code)}"
-            for name, code in codes.items()
-            if status(code) in ("survived", "no tests")
+            f"{name}\t{kind}" for name, kind in kinds.items() if kind in ("survived", "no tests")
         )
+    for name in sorted(equivalents):
+        kind = seen.get(name, "gone")
+        if name.startswith(tuple(results)) and kind not in ("equivalent", "not checked"):
+            print(f"stale equivalent: {name} is {kind}")
     if args.survivors:
         args.survivors.parent.mkdir(parents=True, exist_ok=True)
         args.survivors.write_text("".join(f"{line}\n" for line in survivors))
