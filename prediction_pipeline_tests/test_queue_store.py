@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from prediction_pipeline.store import alerts as alert_store
 from prediction_pipeline.store import credits as credit_store
-from prediction_pipeline.store import events, queue_items
+from prediction_pipeline.store import events, queue_items, queue_recovery
 from prediction_pipeline.store import models as model_store
 from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store import requests as request_store
@@ -145,6 +145,7 @@ def test_debit_row_skips_grants_and_refunds(engine):
     with engine.begin() as conn:
         found = credit_store.debit_row(conn, credit_ledger.c.user_id == user)
     assert (found.reason, found.delta, found.request_id) == ("debit", -1, request_id)
+    assert found.model_slug is None  # "*" marks a session's debit only
 
 
 def test_a_refund_of_nothing_writes_nothing(engine):
@@ -289,6 +290,18 @@ def test_starting_a_queued_request_stamps_it_and_a_finished_one_is_not_restarted
         request_store.finish_request(conn, request_id, prediction_id=None, error="boom")
         assert queue_items.mark_running(conn, prediction_requests, request_id, "run-2") is False
     assert row(engine, prediction_requests, request_id).run_id == "run-1"
+
+
+def test_a_requeued_request_is_stamped_for_the_next_recovery(engine):
+    # Recovery judges staleness by updated_at: a requeue must move it.
+    user, market, model = new_user(engine, credits=1), new_market(engine), new_model(engine)
+    request_id = request(engine, user, market, model)
+    age(engine, prediction_requests, prediction_requests.c.id == request_id)
+    with engine.begin() as conn:
+        assert queue_recovery.requeue(conn, "request", request_id) is True
+    requeued = row(engine, prediction_requests, request_id)
+    assert (requeued.status, requeued.launches) == ("queued", 1)
+    assert utc(requeued.updated_at) > LONG_AGO
 
 
 # -- finishing requests ------------------------------------------------------------------------
