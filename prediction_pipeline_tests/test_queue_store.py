@@ -9,6 +9,7 @@ module shares one migrated database per engine."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -441,6 +442,41 @@ def test_settling_fails_and_refunds_this_sessions_unfinished_models_only(engine)
     ]
     assert log[-1] == ("settled", {"status": "partial", "credits_refunded": 4})
     assert row(engine, prediction_sessions, other).status == "queued"
+
+
+def test_a_model_finishing_while_its_session_settles_waits_and_is_refused(engine, monkeypatch):
+    # No lost update: the settle reads the progress with the session row locked, so a model
+    # reporting success in between waits for the settle and is then refused; the refund of
+    # the model the settle saw unfinished stands alone.
+    user, market, model = new_user(engine, credits=1), new_market(engine), new_model(engine)
+    session_id = session(engine, user, market, [model])
+    seen: dict = {}
+
+    def report_success() -> None:
+        with engine.begin() as conn:
+            seen["recorded"] = session_store.set_model_progress(
+                conn, session_id, model, status="succeeded", probability=0.7
+            )
+
+    read_progress = session_store.session_progress
+
+    def progress_then_a_racing_model(conn, item_id):
+        progress = read_progress(conn, item_id)
+        seen["racer"] = threading.Thread(target=report_success)
+        seen["racer"].start()
+        seen["racer"].join(timeout=1.0)  # it should be waiting for our lock
+        seen["waited"] = seen["racer"].is_alive()
+        return progress
+
+    monkeypatch.setattr(session_store, "session_progress", progress_then_a_racing_model)
+    with engine.begin() as conn:
+        assert session_store.finish_session(conn, session_id) == "failed"
+    monkeypatch.undo()
+    seen.pop("racer").join(30)
+    assert seen == {"waited": True, "recorded": False}
+    with engine.connect() as conn:
+        assert session_store.session_progress(conn, session_id) == {model: {"status": "failed"}}
+        assert credit_store.balance(conn, user) == 1
 
 
 def test_refunds_name_this_sessions_debit_and_only_its_models(engine):
