@@ -210,8 +210,9 @@ def test_a_sessions_prediction_is_found_by_session_and_model(engine):
         found = prediction_store.linked_prediction(conn, model, session_id=session)
         other = prediction_store.linked_prediction(conn, other_model, session_id=session)
         elsewhere = prediction_store.linked_prediction(conn, model, session_id=unique("s"))
-        with pytest.raises(ValueError, match="request_id or session_id"):
+        with pytest.raises(ValueError) as refused:
             prediction_store.linked_prediction(conn, model)
+    assert str(refused.value) == "request_id or session_id is required"
     assert found.id == new_id and other is None and elsewhere is None
 
 
@@ -347,3 +348,15 @@ def test_the_checks_find_what_a_database_without_the_guards_could_hold():
         assert prediction_store.batch_duplicates(conn, "m", TOMORROW) == 0
         assert prediction_store.probabilities_out_of_range(conn, "m", DAY) == 3
         assert prediction_store.probabilities_out_of_range(conn, "m", TOMORROW) == 0
+
+
+def test_the_lists_show_20_predictions_and_100_letters_unless_asked(engine):
+    model = new_model(engine)
+    markets_ = [new_market(engine) for _ in range(101)]
+    for market in markets_:
+        fail(engine, market, model)
+    for market in markets_[:21]:
+        store(engine, market, model, day=YESTERDAY)  # another day: the letters stay open
+    with engine.connect() as conn:
+        assert len(prediction_store.recent_predictions(conn, model)) == 20
+        assert len(prediction_store.open_failures(conn, model)) == 100

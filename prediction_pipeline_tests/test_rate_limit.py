@@ -379,6 +379,22 @@ def test_invalid_settings(rps: float, in_flight: int, burst: float, named: str) 
         ModelLimiter(rps, in_flight, burst=burst)
 
 
+def test_the_refusals_read_exactly_so() -> None:
+    def message(call) -> str:
+        with pytest.raises((ValueError, RuntimeError)) as refused:
+            call()
+        return str(refused.value)
+
+    assert message(lambda: ModelLimiter(0, 1)) == "requests_per_second must be a positive number"
+    assert message(lambda: ModelLimiter(1, 0)) == "max_in_flight must be >= 1"
+    assert message(lambda: ModelLimiter(1, 1, burst=0)) == "burst must be >= 1"
+    assert message(lambda: ModelLimiter(1, 1).pause(-1)) == (
+        "pause seconds must be a finite number >= 0"
+    )
+    assert message(ModelLimiter(1, 1).release) == ("ModelLimiter released more often than acquired")
+    assert message(lambda: ThreadPacer(0)) == "rate must be a positive number"
+
+
 def test_invalid_pause() -> None:
     limiter = ModelLimiter(1, 1)
 
