@@ -134,6 +134,7 @@ class ScriptedTransport:
         self.connections_per_session = connections_per_session
         self.close_error = close_error
         self.handovers: list[tuple[str, str]] = []
+        self.envelope_senders: set[str] = set()
         self.threads: set[tuple[str, bool]] = set()
         self.session_calls = 0
         self.sessions = 0
@@ -161,6 +162,7 @@ class ScriptedTransport:
         thread = threading.current_thread()
         with self._lock:
             self.handovers.append((email.recipient, email.message_id))
+            self.envelope_senders.add(email.sender)
             self.threads.add((thread.name, thread.daemon))
             steps = self.script.get(email.recipient, [])
             step = steps.pop(0) if steps else self.default
@@ -362,6 +364,20 @@ def render_hook(monkeypatch, before: dict[str, Callable[[], None]]) -> None:
     monkeypatch.setattr(digest_delivery, "render_job", hooked)
 
 
+def commit_hook(monkeypatch, before: Callable[[int], None]) -> None:
+    """Run `before(n)` in the ledger thread before its n-th commit (n from 1) begins: outside
+    the transaction, which holds SQLite's write lock that claims need too."""
+    retrying_on = digest_ledger_writer.retrying_on
+    commits = []
+
+    def hooked(*args, **kwargs):
+        commits.append(1)
+        before(len(commits))
+        return retrying_on(*args, **kwargs)
+
+    monkeypatch.setattr(digest_ledger_writer, "retrying_on", hooked)
+
+
 # -- the happy path ---------------------------------------------------------------------------
 
 
@@ -386,6 +402,7 @@ def test_each_subscriber_gets_exactly_one_digest_and_a_second_delivery_sends_not
 
     assert summary(report) == expected(**WORLD, sent=5, attempts=5, connections_opened=1)
     assert transport.handovers == [(a, message_id(engine, a)) for a in SUBSCRIBERS]
+    assert transport.envelope_senders == {"digest@localhost"}
     assert transport.threads == {("digest-sender-0", True)}
     assert (transport.sessions, transport.closed) == (1, 1)
     assert 0 < report.send_window_s <= report.elapsed_s <= took
@@ -545,24 +562,33 @@ def test_transient_failures_until_the_retries_run_out_leave_the_user_to_the_next
 
 def test_a_permanent_rejection_is_tried_once_and_never_again(sqlite_engine):
     engine = sqlite_engine
-    transport = ScriptedTransport({U2: [PermanentSendError("550 5.1.1 no such user")]})
+    transport = ScriptedTransport(
+        {
+            U2: [PermanentSendError("550 5.1.1 no such user")],
+            U4: [PermanentSendError("554 5.7.1 refused")],
+        }
+    )
     report = deliver(engine, transport)
     assert summary(report) == expected(
         **WORLD,
-        sent=4,
-        failed_permanent=1,
+        sent=3,
+        failed_permanent=2,
         attempts=5,
         connections_opened=1,
-        failures=[(U2, "550 5.1.1 no such user")],
+        failures=[(U2, "550 5.1.1 no such user"), (U4, "554 5.7.1 refused")],
     )
-    assert transport.received()[U2] == 1
-    assert rows(engine)[U2] == ("failed", 1, "permanent", "550 5.1.1 no such user", None)
+    assert transport.received() == Counter(SUBSCRIBERS)
+    rejected = {
+        U2: ("failed", 1, "permanent", "550 5.1.1 no such user", None),
+        U4: ("failed", 1, "permanent", "554 5.7.1 refused", None),
+    }
+    assert {a: rows(engine)[a] for a in (U2, U4)} == rejected
 
     again = ScriptedTransport()
     second = deliver(engine, again)
-    assert summary(second) == expected(**WORLD, skipped_already_sent=4, skipped_failed_earlier=1)
+    assert summary(second) == expected(**WORLD, skipped_already_sent=3, skipped_failed_earlier=2)
     assert again.handovers == []
-    assert rows(engine)[U2] == ("failed", 1, "permanent", "550 5.1.1 no such user", None)
+    assert {a: rows(engine)[a] for a in (U2, U4)} == rejected
 
 
 def test_an_unexpected_error_fails_that_user_and_the_sender_goes_on(sqlite_engine, caplog):
@@ -1075,13 +1101,16 @@ def test_a_ledger_that_cannot_be_written_is_fatal_and_the_claims_stay_pending(
     def locked(*args, **kwargs):
         thread = threading.current_thread()
         calls.append((thread.name, thread.daemon))
-        # user5 is being handed over before the batch stops, and its outcome comes after
-        # user4's commit has failed for good: two commits, each tried three times.
-        wait_until(lambda: transport.received()[U5] == 1, "user5's handover")
         raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
 
     monkeypatch.setattr(digest_ledger_writer.store_ledger, "mark_sent", locked)
     monkeypatch.setattr(digest_ledger_writer, "LEDGER_RETRY", retry(3, 0.0))
+    # user5 is handed over before the batch stops, and its outcome comes after user4's
+    # commit has failed for good: two commits, each tried three times.
+    commit_hook(
+        monkeypatch,
+        lambda n: n > 1 or wait_until(lambda: transport.received()[U5] == 1, "user5's handover"),
+    )
     after_user4 = lambda email: wait_until(lambda: len(calls) == 3, "user4's commit")  # noqa: E731
     transport = ScriptedTransport({U5: [after_user4]})
     report = deliver(engine, transport, chunk_size=10)
@@ -1102,19 +1131,85 @@ def test_a_ledger_that_cannot_be_written_is_fatal_and_the_claims_stay_pending(
     assert errors == ["digest ledger write failed; 1 outcomes lost"] * 2
 
 
-def test_outcomes_are_committed_in_groups_as_they_come(sqlite_engine):
+def test_outcomes_finished_during_a_commit_go_into_the_next_one_in_groups(
+    sqlite_engine, ids, monkeypatch
+):
     engine = sqlite_engine
+    mark_sent = digest_ledger.mark_sent
+    commits: list[tuple[object, int]] = []  # (transaction, user id) of each write
 
-    def once_user1_is_recorded(email):  # so that the ledger commits more than once
-        wait_until(lambda: ledger(engine)[U1].status == "sent", "user1's commit")
+    def recorded(conn, day, user_id, *args, **kwargs):
+        commits.append((conn.get_transaction(), user_id))
+        return mark_sent(conn, day, user_id, *args, **kwargs)
 
-    transport = ScriptedTransport({U2: [once_user1_is_recorded]})
-    report = deliver(engine, transport, chunk_size=10)
+    monkeypatch.setattr(digest_ledger, "mark_sent", recorded)
+    monkeypatch.setattr(digest_ledger_writer, "LEDGER_BATCH", 2)
+    first_commit = threading.Event()
+
+    def before_commit(n):  # user1's commit waits until the other four have finished
+        if n == 1:
+            first_commit.set()
+            wait_until(lambda: delivery._ledger.outcomes.qsize() >= 4, "the other outcomes")
+
+    commit_hook(monkeypatch, before_commit)
+    # user2 is sent once user1's outcome is being committed, alone.
+    transport = ScriptedTransport({U2: [lambda email: wait_until(first_commit.is_set, "")]})
+    delivery = new_delivery(engine, transport, chunk_size=10)
+    report = delivery.run()
     assert summary(report) == expected(**WORLD, sent=5, attempts=5, connections_opened=1)
+    groups: list[list[int]] = []
+    for i, (transaction, uid) in enumerate(commits):
+        if i and transaction is commits[i - 1][0]:
+            groups[-1].append(uid)
+        else:
+            groups.append([uid])
+    assert groups == [[ids[U1]], [ids[U2], ids[U3]], [ids[U4], ids[U5]]]
     assert rows(engine) == {
         **{a: sent_row() for a in SUBSCRIBERS},
         QUIET: ("skipped", 0, None, None, None),
         GONE: ("skipped", 0, None, None, None),
+    }
+
+
+def test_a_producer_waiting_on_a_full_queue_sees_the_stop_and_releases_its_claim(
+    sqlite_engine, ids, monkeypatch
+):
+    engine = sqlite_engine
+    user4_rendered = threading.Event()
+    render_hook(monkeypatch, {U4: user4_rendered.set})
+    mark_sent = digest_ledger.mark_sent
+
+    def locked(conn, day, user_id, *args):  # user1's outcome cannot be written
+        if user_id == ids[U1]:
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
+        return mark_sent(conn, day, user_id, *args)
+
+    monkeypatch.setattr(digest_ledger, "mark_sent", locked)
+    # The ledger fails (and stops the batch) once user4 waits for room in the queue.
+    commit_hook(monkeypatch, lambda n: wait_until(user4_rendered.is_set, "user4's turn"))
+    monkeypatch.setattr(digest_ledger_writer, "LEDGER_RETRY", retry(3, 0.0))
+
+    def until_user4_is_released(email):  # the one sender is busy; user3 fills the queue
+        wait_until(lambda: rows(engine).get(U4, ("",))[0] == "failed", "user4's release")
+
+    transport = ScriptedTransport({U2: [until_user4_is_released]})
+    report = deliver(engine, transport, chunk_size=1)
+    fatal = "ledger write failed: OperationalError"
+    assert summary(report) == expected(
+        considered=4,
+        sent=1,
+        attempts=2,
+        released=2,
+        connections_opened=1,
+        fatal=fatal,
+        incomplete=True,
+    )
+    assert transport.received() == Counter([U1, U2])
+    assert {a: r[:4] for a, r in rows(engine).items()} == {
+        U1: ("pending", 1, None, None),
+        U2: sent_row()[:4],
+        U3: released_row("batch stopped before sending")[:4],
+        U4: released_row(fatal)[:4],
     }
 
 
