@@ -104,18 +104,20 @@ class ScriptedSession:
         return self.transport.handover(email)
 
     def close(self) -> None:
-        self.transport.closed += 1
+        with self.transport.lock:
+            self.transport.closed += 1
         if self.transport.close_error is not None:
             raise self.transport.close_error
 
 
 class ScriptedTransport:
-    """An EmailTransport whose sends follow a script per recipient: each handover takes the
-    recipient's next step ("ok" when the script is used up, or `default`). A step is "ok",
-    an exception to raise, or a callable taking the OutgoingEmail and returning a step (None
-    for "ok"). `opening` scripts the calls of `session()` the same way (a callable is called
-    with no argument). Every handover is recorded (thread-safe): recipient, Message-ID and
-    the sending thread."""
+    """An EmailTransport (clients.email) whose sends follow a script per recipient: each
+    handover takes the recipient's next step, or `default` once the script is used up. A step
+    is None (accepted: the provider id is `provider-{recipient}-{n}` for the n-th handover of
+    that recipient), an exception to raise, or a callable taking the OutgoingEmail and
+    returning a step. `opening` scripts the calls of `session()` the same way (callables take
+    no argument). Every handover is recorded, thread-safe: recipient and Message-ID, the
+    envelope sender, the sending thread's name and whether it is a daemon."""
 
     kind = "smtp"
 
@@ -139,13 +141,13 @@ class ScriptedTransport:
         self.session_calls = 0
         self.sessions = 0
         self.closed = 0
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def describe(self) -> str:
         return "scripted transport"
 
     def session(self) -> ScriptedSession:
-        with self._lock:
+        with self.lock:
             step = (
                 self.opening[self.session_calls] if self.session_calls < len(self.opening) else None
             )
@@ -154,13 +156,13 @@ class ScriptedTransport:
             step = step()
         if isinstance(step, BaseException):
             raise step
-        with self._lock:
+        with self.lock:
             self.sessions += 1
         return ScriptedSession(self)
 
     def handover(self, email: OutgoingEmail) -> str:
         thread = threading.current_thread()
-        with self._lock:
+        with self.lock:
             self.handovers.append((email.recipient, email.message_id))
             self.envelope_senders.add(email.sender)
             self.threads.add((thread.name, thread.daemon))
@@ -193,6 +195,7 @@ def world_file(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sqlite_engine(world_file, tmp_path):
+    """An engine on this test's own copy of the prepared world (SQLite only: fast)."""
     for suffix in ("", "-wal", "-shm"):
         source = world_file.with_name(world_file.name + suffix)
         if source.exists():
@@ -289,6 +292,7 @@ def add_users(engine, count: int, *, market: str, prefix: str, subscribed: bool 
 
 
 def new_delivery(engine, transport, *, run_id=RUN, dead_runs=(), log=None, **overrides):
+    """The delivery object itself, for tests that wait on its state from another thread."""
     return DigestDelivery(
         engine,
         transport,
@@ -302,6 +306,7 @@ def new_delivery(engine, transport, *, run_id=RUN, dead_runs=(), log=None, **ove
 
 
 def deliver(engine, transport, *, run_id=RUN, dead_runs=(), log=None, **overrides):
+    """`deliver_digests` with the fast settings above (`overrides` change them)."""
     return deliver_digests(
         engine,
         transport,
