@@ -74,7 +74,8 @@ helm-schema:
 MUTANTS ?= prediction_pipeline.store.predictions.* prediction_pipeline.services.predict.* \
 	prediction_pipeline.clients.rate_limit.* prediction_pipeline.store.digest_ledger.* \
 	prediction_pipeline.services.digest_delivery.* prediction_pipeline.services.digest_sending.* \
-	prediction_pipeline.services.digest_ledger_writer.* prediction_pipeline.store.credits.* \
+	prediction_pipeline.services.digest_ledger_writer.* \
+	prediction_pipeline.services.digest_delivery_state.* prediction_pipeline.store.credits.* \
 	prediction_pipeline.store.requests.* prediction_pipeline.store.sessions.* \
 	prediction_pipeline.store.queue_items.* prediction_pipeline.store.queue_recovery.* \
 	prediction_pipeline.store.alerts.*
