@@ -305,18 +305,9 @@ def new_delivery(engine, transport, *, run_id=RUN, dead_runs=(), log=None, **ove
     )
 
 
-def deliver(engine, transport, *, run_id=RUN, dead_runs=(), log=None, **overrides):
-    """`deliver_digests` with the fast settings above (`overrides` change them)."""
-    return deliver_digests(
-        engine,
-        transport,
-        DigestRenderer(SECRET),
-        DAY,
-        settings(**overrides),
-        run_id=run_id,
-        dead_runs=dead_runs,
-        log=log or (lambda line: None),
-    )
+def deliver(engine, transport, **kwargs):
+    """One whole delivery with the fast settings above (`kwargs` as for `new_delivery`)."""
+    return new_delivery(engine, transport, **kwargs).run()
 
 
 SUMMARY = {
