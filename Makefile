@@ -29,7 +29,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not serial"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 -m "not serial"
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial
 
 # lint-imports: the layering contracts of pyproject.toml ([tool.importlinter]).
