@@ -837,6 +837,45 @@ def test_a_transport_that_cannot_open_a_session_releases_every_claim(sqlite_engi
     assert rows(engine)[U1] == ("sent", 1, None, "not sent: 535 authentication refused", None)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [TransientSendError("connection refused"), RuntimeError("a bug in the transport")],
+    ids=["transient", "bug"],
+)
+def test_any_error_opening_a_session_halts_and_releases_instead_of_hanging(sqlite_engine, failure):
+    """Only FatalTransportError is expected from session(); anything else used to end the
+    sender thread: its claim stayed taken, the report said nothing of it, and with one job
+    per chunk the delivery waited forever for an outcome. Now it halts like a fatal error."""
+    engine = sqlite_engine
+
+    def fail():  # once the other four are queued
+        wait_until(lambda: delivery._jobs.qsize() >= 4, "the queue")
+        return failure
+
+    transport = ScriptedTransport(opening=[fail])
+    delivery = new_delivery(engine, transport, chunk_size=10)
+    done: list[DeliveryReport] = []
+    runner = threading.Thread(target=lambda: done.append(delivery.run()), daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert done, "the delivery did not return after session() raised"
+    reason = f"cannot open an email session: {failure!r}"
+    [report] = done
+    assert summary(report) == expected(**WORLD, released=5, fatal=reason, incomplete=True)
+    assert (transport.handovers, transport.sessions, transport.closed) == ([], 0, 0)
+    assert rows(engine) == {
+        U1: released_row(reason),
+        **{a: released_row("batch stopped before sending") for a in (U2, U3, U4, U5)},
+        QUIET: ("skipped", 0, None, None, None),
+        GONE: ("skipped", 0, None, None, None),
+    }
+    assert all(r.lease_expires_at is None for r in ledger(engine).values())
+
+    again = ScriptedTransport()
+    assert deliver(engine, again).sent == 5
+    assert again.received() == Counter(SUBSCRIBERS)
+
+
 def test_a_sender_stopped_while_it_opened_its_connection_gives_its_claim_back(sqlite_engine):
     engine = sqlite_engine
     already_sent(engine, [U3, U4, U5])

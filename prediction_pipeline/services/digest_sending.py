@@ -33,6 +33,13 @@ class _LostClaim(Exception):
     """Another delivery holds the row now."""
 
 
+def _session_failure(exc: Exception) -> str:
+    if isinstance(exc, FatalTransportError):
+        return str(exc)
+    logger.exception("opening an email session failed unexpectedly")
+    return f"cannot open an email session: {exc!r}"[:500]
+
+
 class DigestSenders:
     """Shared by the sender threads of one delivery (each runs `run`): the pacer, the count of
     transient failures in a row, the first and last handover."""
@@ -67,9 +74,14 @@ class DigestSenders:
                 if session is None:
                     try:
                         session = self.transport.session()
-                    except FatalTransportError as exc:
-                        self.state.halt(str(exc), fatal=True)
-                        self.outcomes.put(("release", job, str(exc)))
+                    except Exception as exc:
+                        # Fatal, or anything else (a bug in a transport): without a session
+                        # this thread cannot send, so the batch halts and the claim goes back.
+                        # Letting it escape would end the thread and leave the delivery
+                        # waiting for outcomes that never come.
+                        reason = _session_failure(exc)
+                        self.state.halt(reason, fatal=True)
+                        self.outcomes.put(("release", job, reason))
                         continue
                 try:
                     outcome = self._send(session, job)
