@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-PARTITIONS_START = "2026-01-01"
+from prediction_pipeline.core.partition_days import PARTITIONS_START
 
 # end_offset=1 makes today's partition exist (and schedulable) during today.
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)

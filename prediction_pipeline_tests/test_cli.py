@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import dagster as dg
 from click.testing import CliRunner
 
@@ -107,3 +110,15 @@ def test_on_demand_commands(database_url):
     unknown = CliRunner().invoke(main, ["--database-url", database_url, "status", "nope"])
     assert unknown.exit_code != 0 and "no request or session 'nope'" in unknown.output
     assert "no alerts" in cli(database_url, "alerts")
+
+
+def test_the_cli_starts_without_importing_dagster_or_the_web_stack():
+    """Every command pays for what the CLI imports: Dagster alone is about a second of
+    start-up, so it (and the HTTP API's stack) is imported only by the commands using it."""
+    heavy = ("dagster", "fastapi", "uvicorn", "httpx", "alembic")
+    code = (
+        "import sys, prediction_pipeline.cli; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert set(done.stdout.split()).isdisjoint(heavy), done.stdout

@@ -7,7 +7,7 @@ import datetime as dt
 import click
 
 from prediction_pipeline.cli.base import Context, UsageProblem, dagster_instance_or_none, main
-from prediction_pipeline.partitions import PARTITIONS_START
+from prediction_pipeline.core.partition_days import PARTITIONS_START
 from prediction_pipeline.store import migrate
 from prediction_pipeline.store.db import safe_url
 
