@@ -3,13 +3,20 @@
 PostgreSQL tests use the server at 127.0.0.1:5432 (user postgres, trust auth), each test
 in a database of its own. They are skipped only when CI is unset and no server answers;
 in CI a missing server is a failure.
+
+Each test's migrated database is a copy of one migrated once per test process: a file copy
+on SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL. Migrating for every test cost 0.2 s
+(SQLite) and 0.4 s (PostgreSQL) each, for hundreds of tests; the migrations themselves are
+tested on empty databases (`empty_database_url`, test_migrations.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -42,13 +49,21 @@ def postgres_available() -> bool:
     return False
 
 
-def _create_pg_database() -> str:
+def _create_pg_database(template: str | None = None) -> str:
+    """A new database, empty or a copy of `template` (which no one may be connected to)."""
     name = f"pp_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"{copy}'))
     admin.dispose()
     return str(sa.engine.make_url(PG_ADMIN_URL).set(database=name))
+
+
+def _migrate(url: str) -> None:
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()  # no connection left open: a template must have none, a file is closed
 
 
 def _drop_pg_database(url: str) -> None:
@@ -86,13 +101,41 @@ def postgres_database_url(postgres_available) -> Iterator[str]:
         _drop_pg_database(url)
 
 
-@pytest.fixture
-def database_url(empty_database_url) -> str:
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory) -> Path:
+    """A SQLite app database at head, for tests to copy."""
+    path = tmp_path_factory.mktemp("migrated") / "app.db"
+    _migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_template(postgres_available) -> Iterator[str]:
+    """The name of a PostgreSQL database at head, for tests to copy (one per test process:
+    xdist workers do not share it)."""
+    url = _create_pg_database()
+    try:
+        _migrate(url)
+        yield sa.engine.make_url(url).database
+    finally:
+        _drop_pg_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path, postgres_available) -> Iterator[str]:
     """A URL to an app database migrated to head, on SQLite and on PostgreSQL."""
-    engine = make_engine(empty_database_url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    return empty_database_url
+    if request.param == "sqlite":
+        path = tmp_path / "app.db"
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite_file"), path)
+        yield f"sqlite:///{path}"
+        return
+    if not postgres_available:
+        pytest.skip("PostgreSQL does not answer at 127.0.0.1:5432 and CI is unset")
+    url = _create_pg_database(template=request.getfixturevalue("migrated_postgres_template"))
+    try:
+        yield url
+    finally:
+        _drop_pg_database(url)
 
 
 @pytest.fixture
