@@ -6,13 +6,13 @@ real runs; this one proves them on the real thing:
 
 1. a temporary DAGSTER_HOME with a `dagster.yaml` derived from the repo's (same `concurrency`
    section; a shorter dequeue interval and monitoring poll so the test is quick);
-2. an app database (SQLite file) migrated to head, 3 days of synthetic markets ingested
+2. an app database (SQLite file) migrated to head, 2 days of synthetic markets ingested
    in-process, 3 OpenRouter models registered and added as `models` partitions;
 3. the fake OpenRouter server on loopback, with latency, so each run lasts a few seconds;
 4. `dagster-webserver` and `dagster-daemon` as subprocesses over `workspace.yaml`; a backfill
-   of `predictions` for 3 models x 3 days launched through GraphQL exactly as the UI's
+   of `predictions` for 3 models x 2 days launched through GraphQL exactly as the UI's
    "Materialize" dialog does (`launchPartitionBackfill`, asset selection + partition names);
-5. once the backfill is complete: 9 successful runs, one per partition, correctly tagged; no
+5. once the backfill is complete: 6 successful runs, one per partition, correctly tagged; no
    two runs of one model in progress at once (from the queue letting one go, RUN_STARTING,
    to its end); runs of different models did execute side by side; a run was passed over in
    the queue while its model was busy; every (market, model, day) prediction stored exactly
@@ -80,7 +80,7 @@ from prediction_pipeline_tests.fakes.openrouter_server import FakeOpenRouterServ
 
 pytestmark = pytest.mark.daemon
 
-DAYS = ("2026-11-02", "2026-11-03", "2026-11-04")
+DAYS = ("2026-11-02", "2026-11-03")
 MODELS = ("acme/alpha", "acme/beta", "acme/gamma")
 API_KEY = "sk-or-test-daemon"
 MODEL_TAG, DAY_TAG = "dagster/partition/model", "dagster/partition/day"
@@ -211,7 +211,7 @@ def test_backfill_runs_one_partition_per_model_at_a_time(tmp_path, services):
     services.callback(engine.dispose)
     migrate.upgrade(engine)
 
-    # Markets for 3 days and 3 OpenRouter models, on the instance the daemon will use.
+    # Markets for 2 days and 3 OpenRouter models, on the instance the daemon will use.
     instance = services.enter_context(open_instance(home))
     resources = {
         "app_db": AppDatabase(url=app_url),
@@ -281,7 +281,7 @@ def test_backfill_runs_one_partition_per_model_at_a_time(tmp_path, services):
         assert not failed, failure_report(instance, failed)
         assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, backfill.status
 
-        # 9 runs, one per partition, each tagged with both dimensions.
+        # 6 runs, one per partition, each tagged with both dimensions.
         assert len(records) == len(partition_names)
         for record in records:
             tags = record.dagster_run.tags
