@@ -4,7 +4,6 @@ later ticks when it fails, with the webhook's URL (its secret path) never logged
 import datetime as dt
 import json
 import logging
-import multiprocessing
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,6 +25,7 @@ from prediction_pipeline.resources import (
 from prediction_pipeline.services import alerts as alert_service
 from prediction_pipeline.store import alerts as alert_store
 from prediction_pipeline.store.tables import run_failure_alerts as alerts_table
+from prediction_pipeline_tests.child_processes import CONTEXT, deliver_alert
 from prediction_pipeline_tests.pipeline_helpers import partition
 
 
@@ -311,15 +311,6 @@ def test_run_config_cannot_redirect_the_webhook(monkeypatch, database_url, engin
     assert real.delivered[0]["run_id"] == result.run_id
 
 
-def _deliver_in_another_process(url, webhook, alert, barrier, results) -> None:
-    from prediction_pipeline.store.db import make_engine
-
-    engine = make_engine(url)
-    barrier.wait()
-    results.put(alert_service.deliver(engine, alert, WebhookClient(webhook), seen_attempts=0))
-    engine.dispose()
-
-
 def test_one_process_sends_each_attempt(database_url, engine, flaky):
     """The failure sensor and the retry sensor may see the same undelivered alert at once:
     processes that race for one attempt send one POST between them."""
@@ -336,11 +327,11 @@ def test_one_process_sends_each_attempt(database_url, engine, flaky):
             deliver=True,
         )
     alert = alert_service.Alert(alert_id, "run-1", "job", None, "boom", "http://dagster/runs/run-1")
-    ctx = multiprocessing.get_context("spawn")
+    ctx = CONTEXT
     barrier, results = ctx.Barrier(3), ctx.Queue()
     workers = [
         ctx.Process(
-            target=_deliver_in_another_process,
+            target=deliver_alert,
             args=(database_url, hook.url, alert, barrier, results),
         )
         for _ in range(3)

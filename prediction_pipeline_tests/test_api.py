@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import multiprocessing
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +20,7 @@ from prediction_pipeline.store import migrate
 from prediction_pipeline.store import users as user_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import api_keys, credit_ledger, prediction_requests
+from prediction_pipeline_tests.child_processes import CONTEXT, post_prediction_with_key
 from prediction_pipeline_tests.fakes.api_server import ApiServer
 
 USER = "ada@example.com"
@@ -155,19 +155,14 @@ def test_a_retried_post_returns_the_first_answer_and_charges_once(engine, client
     assert other.status_code == 409 and other.json()["error"] == "idempotency_conflict"
 
 
-def _post_with_key(base_url: str, key: str, body: dict, out) -> None:
-    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "double-click"}
-    answer = httpx.post(f"{base_url}/v1/predictions", json=body, headers=headers, timeout=30)
-    out.put((answer.status_code, answer.json().get("id")))
-
-
 def test_concurrent_retries_from_processes_debit_once(engine, api, key, market):
     on_demand.grant(engine, USER, 5)
     body = {"market": market, "model": MODEL, "user": USER}
-    ctx = multiprocessing.get_context("spawn")
+    ctx = CONTEXT
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_post_with_key, args=(api.base_url, key, body, out)) for _ in range(4)
+        ctx.Process(target=post_prediction_with_key, args=(api.base_url, key, body, out))
+        for _ in range(4)
     ]
     for p in procs:
         p.start()

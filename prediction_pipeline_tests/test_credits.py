@@ -1,6 +1,6 @@
 """Credits, sessions and requests under concurrency and bad input, on SQLite and PostgreSQL.
 
-Concurrency is proven with real processes (multiprocessing, 'spawn'): each opens its own
+Concurrency is proven with real processes (child_processes.CONTEXT): each opens its own
 engine, waits at a barrier, then makes one call, as parallel web requests or parallel
 model steps of a run would.
 """
@@ -8,7 +8,6 @@ model steps of a run would.
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing
 
 import pytest
 import sqlalchemy as sa
@@ -29,10 +28,10 @@ from prediction_pipeline.store.tables import (
     prediction_sessions,
     users,
 )
+from prediction_pipeline_tests.child_processes import mark_model_done, open_item, run_together
 
 USER = "ada@example.com"
 MODELS = [f"acme/model-{i}" for i in range(6)]
-SPAWN = multiprocessing.get_context("spawn")
 
 
 @pytest.fixture
@@ -74,62 +73,12 @@ def balance(engine, email=USER) -> int:
 # -- real processes ------------------------------------------------------------------------
 
 
-def _call(url, kind, market, models, key, barrier, results) -> None:
-    """One process: wait for the others, then create a session or a request."""
-    engine = make_engine(url)
-    options = {} if key is None else {"idempotency_key": key}
-    barrier.wait()
-    try:
-        if kind == "session":
-            item_id = on_demand.create_session(engine, market, models, USER, **options)
-        else:
-            item_id = on_demand.request_prediction(
-                engine, market, models[0], user_email=USER, **options
-            )
-        results.put(("ok", item_id))
-    except credit_store.InsufficientCredits as exc:
-        results.put(("insufficient", str(exc)))
-    except Exception as exc:  # reported to the test, which fails on any
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        engine.dispose()
-
-
-def _mark_done(url, session_id, model, barrier, results) -> None:
-    """One process: one model step of a session reporting success."""
-    engine = make_engine(url)
-    barrier.wait()
-    try:
-        with engine.begin() as conn:
-            session_store.set_model_progress(
-                conn, session_id, model, status=queue_items.SUCCEEDED, probability=0.5
-            )
-        results.put(("ok", model))
-    except Exception as exc:
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        engine.dispose()
-
-
-def run_processes(target, args_per_process) -> list[tuple[str, str]]:
-    barrier = SPAWN.Barrier(len(args_per_process))
-    results = SPAWN.Queue()
-    processes = [
-        SPAWN.Process(target=target, args=(*args, barrier, results)) for args in args_per_process
-    ]
-    for process in processes:
-        process.start()
-    outcomes = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    return outcomes
-
-
 @pytest.mark.parametrize("kind", ["session", "request"])
 def test_concurrent_debits_never_overspend(database_url, engine, market_id, kind):
     on_demand.grant(engine, USER, 1)
-    outcomes = run_processes(_call, [(database_url, kind, market_id, [MODELS[0]], None)] * 8)
+    outcomes = run_together(
+        open_item, [(database_url, kind, market_id, [MODELS[0]], USER, None)] * 8
+    )
     assert [o for o in outcomes if o[0] == "error"] == []
     assert sorted(o[0] for o in outcomes) == ["insufficient"] * 7 + ["ok"]
     table = prediction_sessions if kind == "session" else prediction_requests
@@ -143,7 +92,7 @@ def test_parallel_model_steps_are_all_recorded_and_settle_refunds_none(
 ):
     on_demand.grant(engine, USER, 6)
     session_id = on_demand.create_session(engine, market_id, MODELS, USER)
-    outcomes = run_processes(_mark_done, [(database_url, session_id, m) for m in MODELS])
+    outcomes = run_together(mark_model_done, [(database_url, session_id, m) for m in MODELS])
     assert sorted(outcomes) == sorted(("ok", m) for m in MODELS)
 
     info = on_demand.status(engine, session_id)
@@ -160,8 +109,8 @@ def test_same_idempotency_key_concurrently_gives_one_session_and_one_debit(
     database_url, engine, market_id
 ):
     on_demand.grant(engine, USER, 5)
-    outcomes = run_processes(
-        _call, [(database_url, "session", market_id, MODELS[:2], "click-1")] * 4
+    outcomes = run_together(
+        open_item, [(database_url, "session", market_id, MODELS[:2], USER, "click-1")] * 4
     )
     assert {o[0] for o in outcomes} == {"ok"}, outcomes
     [session_id] = {o[1] for o in outcomes}

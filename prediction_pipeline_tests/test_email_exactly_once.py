@@ -7,7 +7,6 @@ claimed."""
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from prediction_pipeline.store import sessions as session_store
 from prediction_pipeline.store import users as user_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import digest_deliveries
+from prediction_pipeline_tests.child_processes import CONTEXT
 from prediction_pipeline_tests.fakes.smtp_server import FakeSMTPServer
 from prediction_pipeline_tests.pipeline_helpers import step_error
 from prediction_pipeline_tests.test_digests_asset import (
@@ -170,7 +170,7 @@ def test_two_processes_one_clock_ahead_send_each_user_exactly_one_digest(
     database_url, engine, world, slow_smtp, tmp_path
 ):
     smtp_url, received = slow_smtp
-    ctx = multiprocessing.get_context("spawn")
+    ctx = CONTEXT
     ready, out = ctx.Event(), ctx.Queue()
     children = [
         # `honest` starts at once; `ahead` (clock an hour fast, the shortest lease allowed)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import multiprocessing as mp
 
 import dagster as dg
 import httpx
@@ -31,35 +30,23 @@ from prediction_pipeline.store import predictions as prediction_store
 from prediction_pipeline.store import spend as spend_store
 from prediction_pipeline.store.db import make_engine
 from prediction_pipeline.store.tables import spend_calls
+from prediction_pipeline_tests.child_processes import (
+    predict_slice,
+    run_together,
+    spend_until_refused,
+)
 from prediction_pipeline_tests.fakes.openrouter_server import Behaviour, FakeOpenRouterServer, Fault
 from prediction_pipeline_tests.pipeline_helpers import DAY, ingest_days
-from prediction_pipeline_tests.spend_workers import predict_slice, spend_until_refused
 
 MODEL = "acme/thrifty-1"
 KEY = "sk-or-v1-spend-test-0123456789"
 PROCESSES = 4
-SPAWN = mp.get_context("spawn")
 
 
 @pytest.fixture
 def registered(engine):
     with engine.begin() as conn:
         model_store.upsert_model(conn, model_store.ModelSpec(MODEL, "openrouter"))
-
-
-def run_processes(target, args_per_process) -> list:
-    """Start one spawned process per args tuple (each gets a shared barrier and a result
-    queue appended), wait for all, return their results."""
-    barrier = SPAWN.Barrier(len(args_per_process))
-    results = SPAWN.Queue()
-    procs = [SPAWN.Process(target=target, args=(*a, barrier, results)) for a in args_per_process]
-    for p in procs:
-        p.start()
-    out = [results.get(timeout=240) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return out
 
 
 def day_spend(engine, day=DAY) -> spend_store.DaySpend:
@@ -79,7 +66,7 @@ def test_processes_share_one_cap_with_the_estimate_from_history(database_url, en
     # Each call costs 1 mUSD; the estimate is the dearest call seen x 1.25 (the first call
     # probes alone). 10 calls fit in 10.5 mUSD, an 11th would not.
     args = [(database_url, MODEL, DAY.isoformat(), 0.0105, 0.001, None)] * PROCESSES
-    calls = run_processes(spend_until_refused, args)
+    calls = run_together(spend_until_refused, args)
     assert sum(calls) == 10
     spend = day_spend(engine)
     assert spend.spent_usd == pytest.approx(0.010, abs=1e-12) and spend.spent_usd <= 0.0105
@@ -95,7 +82,7 @@ def test_a_cap_hit_exactly_stops_and_another_day_does_not_count(database_url, en
         )
         spend_store.settle(conn, ticket, 0.5)
     args = [(database_url, MODEL, DAY.isoformat(), 0.01, 0.001, 0.001)] * PROCESSES
-    calls = run_processes(spend_until_refused, args)
+    calls = run_together(spend_until_refused, args)
     assert sum(calls) == 10
     assert day_spend(engine).spent_usd == 0.01  # exact: amounts are integer nano-USD
     with engine.begin() as conn:  # spend == cap: even a free call is refused
@@ -235,7 +222,7 @@ def test_concurrent_runs_stay_under_one_cap_and_count_invalid_answers(
         {**base, "market_ids": markets[20:29]},
         {**base, "market_ids": [markets[29]], "origin": "request", "request_id": "r-1"},
     ]
-    reports = run_processes(predict_slice, [(job,) for job in jobs])
+    reports = run_together(predict_slice, [(job,) for job in jobs])
     with engine.connect() as conn:
         bound = spend_store.overshoot_bound_usd(conn, MODEL, DAY)
         next_call = spend_store.call_estimate_nusd(conn, MODEL, web_search=False)
