@@ -57,7 +57,7 @@ def webhook():
 def test_failed_run_produces_one_alert(database_url, engine, webhook):
     url, received = webhook
     app_db = AppDatabase(url=database_url)
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("models", ["baseline/market"])
         # No markets were ingested: the partition fails with a clear, non-retried error.
         result = dg.materialize(
@@ -193,7 +193,7 @@ def test_failed_webhook_post_is_retried_on_a_later_tick(database_url, engine, fl
     settings = AlertSettings(webhook_url=hook.url)
     resources = {"app_db": app_db, "alert_settings": settings}
     caplog.set_level(logging.DEBUG)
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         run, failure = _failed_run(instance, app_db)
         _evaluate_failure_sensor(instance, run, failure, resources)  # no exception raised
 
@@ -237,7 +237,7 @@ def test_failed_webhook_post_is_retried_on_a_later_tick(database_url, engine, fl
 def test_delivery_attempts_are_bounded(database_url, engine, flaky):
     hook = flaky(failures=10**6)
     app_db = AppDatabase(url=database_url)
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         run, failure = _failed_run(instance, app_db)
         _evaluate_failure_sensor(
             instance,
@@ -290,7 +290,7 @@ def test_run_config_cannot_redirect_the_webhook(monkeypatch, database_url, engin
     monkeypatch.setenv("PREDICTION_PIPELINE_ALERT_WEBHOOK_URL", real.url)
     resources = default_resources()
     override = {"alert_settings": {"config": {"webhook_url": attacker.url}}}
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("models", ["baseline/market"])
         result = dg.materialize(
             [predictions],

@@ -68,7 +68,7 @@ def ticks(database_url, engine, monkeypatch):
         model_store.upsert_model(
             conn, model_store.ModelSpec(DISABLED, model_store.OPENROUTER_PROVIDER, enabled=False)
         )
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("models", [*ENABLED, DISABLED])
         ticks = Ticks(instance)
         # The first tick only records where things stand: nothing is new yet.

@@ -21,7 +21,7 @@ def test_db_upgrade_and_markets_show(empty_database_url):
     assert f"at {head}" in cli(empty_database_url, "db", "upgrade")
     assert f"current: {head}" in cli(empty_database_url, "db", "current")
     assert "no markets" in cli(empty_database_url, "markets", "show")
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(empty_database_url, instance, days=1, size=50)
     out = cli(empty_database_url, "markets", "show", "--limit", "3", "--status", "open")
     assert len(out.strip().splitlines()) == 4 and "syn-" in out
@@ -67,7 +67,7 @@ def test_unmigrated_database_is_reported(empty_database_url):
 
 
 def test_on_demand_commands(database_url):
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(database_url, instance, days=1, size=30)
     market = cli(database_url, "markets", "show", "--limit", "1", "--json")
     source_id = __import__("json").loads(market)["source_id"]

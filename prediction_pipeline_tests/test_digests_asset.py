@@ -153,7 +153,7 @@ def world(engine):
 def instance():
     # One Dagster instance for the module (runs of different tests do not interact; each
     # test has its own app database): creating one costs about half a second.
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         yield instance
 
 

@@ -155,7 +155,7 @@ def _attempts(result: dg.ExecuteInProcessResult, step: str = "predictions") -> i
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("models", ["baseline/market", "openai/gpt-4o"])
         yield instance
 
@@ -350,7 +350,7 @@ def test_markets_show_tells_no_match_from_no_markets(database_url):
         return runner.invoke(main, ["--database-url", database_url, *args])
 
     assert "materialize the `markets` asset first" in cli("markets", "show").output
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(database_url, instance, days=1, size=20)
     out = cli("markets", "show", "--search", "zzz")
     assert out.exit_code == 0 and out.output.strip() == "no markets with question ~ 'zzz'"
@@ -379,7 +379,7 @@ def test_predictions_show_names_an_unknown_model_and_an_empty_result(database_ur
 
 def test_a_one_credit_session_says_credit(database_url):
     runner = CliRunner()
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(database_url, instance, days=1, size=10)
 
     def cli(*args):

@@ -129,7 +129,7 @@ def test_the_source_needs_a_question_set():
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("models", ["baseline/market", "baseline/momentum"])
         yield instance
 

@@ -98,7 +98,7 @@ def test_a_misconfigured_source_fails_the_run_once_without_retries(database_url)
         "app_db": AppDatabase(url=database_url),
         "market_source": MarketSourceResource(kind="kalshi"),
     }
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(
             [markets],
             partition_key="2026-11-02",

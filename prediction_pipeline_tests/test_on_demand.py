@@ -46,7 +46,7 @@ def server():
 @pytest.fixture
 def world(database_url, engine, server, tmp_path):
     today = dt.datetime.now(dt.UTC).date()
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(database_url, instance, days=3, end=today, size=60)
         with engine.begin() as conn:
             model_store.upsert_model(conn, model_store.ModelSpec(ONLINE, "openrouter"))

@@ -21,7 +21,7 @@ from prediction_pipeline_tests.pipeline_helpers import (
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("models", ["baseline/market", "baseline/momentum"])
         yield instance
 

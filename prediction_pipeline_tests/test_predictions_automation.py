@@ -13,7 +13,7 @@ def test_registry_sensor_repairs_drift(database_url, engine):
         model_store.upsert_model(
             conn, model_store.ModelSpec("anthropic/claude-sonnet-4.5:online", "openrouter")
         )
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("models", ["baseline/market"])
         with dg.build_sensor_context(
             instance=instance, resources={"app_db": AppDatabase(url=database_url)}

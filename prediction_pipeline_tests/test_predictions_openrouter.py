@@ -42,7 +42,7 @@ def server():
 
 @pytest.fixture
 def setup(database_url, engine):
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(database_url, instance, days=1, size=150)
         with engine.begin() as conn:
             model_store.upsert_model(

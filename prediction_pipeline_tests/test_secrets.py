@@ -164,7 +164,7 @@ def test_run_config_cannot_redirect_a_secret_or_an_endpoint(
     if job == "prediction_session_job":
         ops = {"ops": {name: {"config": {"session_id": "s-1"}} for name in SESSION_OPS}}
     run_config = {**ops, "resources": {resource: {"config": config}}}
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = (
             _definitions()
             .resolve_job_def(job)
@@ -192,7 +192,7 @@ def test_a_queued_request_cannot_send_the_key_to_another_host(production_env, sq
     `Authorization: Bearer <the real key>`; now the run stops at resource setup."""
     today = dt.datetime.now(dt.UTC).date()
     engine = make_engine(sqlite_url)
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(sqlite_url, instance, days=1, end=today, size=20)
         with engine.begin() as conn:
             model_store.upsert_model(conn, model_store.ModelSpec("acme/model-1", "openrouter"))
@@ -232,7 +232,7 @@ def test_the_environment_endpoint_is_used_without_an_override(
     """The same Definitions, no run config: the Gamma host of the environment is asked."""
     with FakeGammaServer([gamma_market(i) for i in range(5)]) as gamma:
         monkeypatch.setenv("POLYMARKET_GAMMA_URL", gamma.url)
-        with dg.instance_for_test() as instance:
+        with dg.DagsterInstance.ephemeral() as instance:
             result = (
                 _definitions()
                 .resolve_job_def("markets_job")
@@ -286,7 +286,7 @@ def test_digests_with_smtp_and_no_secret_fail_before_sending(sqlite_url, attacke
         "email_transport": EmailTransportResource(smtp_url=f"smtp://127.0.0.1:{attacker.port}"),
         "digest_settings": DigestSettings(),
     }
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(
             [digests.watchlist_digests],
             partition_key=DAY,

@@ -195,7 +195,7 @@ def test_an_error_status_whose_body_reports_a_cost_is_counted(engine, registered
 
 @pytest.fixture
 def world(database_url, engine):
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         ingest_days(database_url, instance, days=1, size=120)
     with engine.begin() as conn:
         model_store.upsert_model(conn, model_store.ModelSpec(MODEL, "openrouter"))
