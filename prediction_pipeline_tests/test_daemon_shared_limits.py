@@ -164,6 +164,21 @@ def test_requests_run_beside_the_batch_within_one_budget(tmp_path):
     assert counts.get("429_in_flight", 0) == 0, counts
     assert counts.get("429_rate", 0) <= 0.02 * calls, counts
     assert server.max_in_flight_seen <= MAX_IN_FLIGHT, counts
+    print(f"\n[daemon shared limits] {timeline(engine)}; calls {calls}, answers {counts}")
+
+
+def timeline(engine: sa.Engine) -> str:
+    """When the batch's predictions and the requests' predictions were stored, in seconds
+    from the batch's first: how much room the requests had before the batch ended."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(predictions.c.origin, predictions.c.created_at)).all()
+    start = min(r.created_at for r in rows if r.origin == "batch")
+    batch = [(r.created_at - start).total_seconds() for r in rows if r.origin == "batch"]
+    requests = sorted((r.created_at - start).total_seconds() for r in rows if r.origin != "batch")
+    return (
+        f"batch predictions stored over {max(batch):.1f} s; the requests' at "
+        f"{', '.join(f'{t:.1f}' for t in requests)} s"
+    )
 
 
 def launch_batch(env: dict[str, str], day: str) -> str:
