@@ -119,8 +119,8 @@ def hold_claim(engine, address: str, lease: dt.timedelta = dt.timedelta(days=1))
 
 
 def _race_child(url, smtp_url, name, skewed, wait_for_claims, ready, out):
-    """One delivery of DAY in its own process (spawned): waits for the other to hold
-    claims when asked to, so that the two deliveries overlap."""
+    """One delivery of DAY in its own process (child_processes.CONTEXT): waits for the other
+    to hold claims when asked to, so that the two deliveries overlap."""
     if skewed:
         skew_clocks(setattr)
     engine = make_engine(url)

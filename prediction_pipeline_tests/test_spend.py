@@ -1,7 +1,8 @@
 """The per-(model, day) spend cap holds across processes, and every paid call counts.
 
-Concurrency is proven with real processes (spawn) on SQLite and PostgreSQL; the provider's own
-bill (`FakeOpenRouterServer.total_cost`, every answer it served with a cost) is the referee.
+Concurrency is proven with real processes (child_processes.py) on SQLite and PostgreSQL; the
+provider's own bill (`FakeOpenRouterServer.total_cost`, every answer it served with a cost) is
+the referee.
 """
 
 from __future__ import annotations
