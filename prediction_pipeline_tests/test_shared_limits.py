@@ -105,6 +105,21 @@ def test_send_slots_are_spaced_across_connections(engine):
         assert slot - now > 29.0
 
 
+def test_an_idle_models_slot_is_the_lease_lead_ahead(engine):
+    """The first slot of an idle model is `lead` after the database's now, so its caller has
+    time to take its in-flight lease before it; a queued slot is not moved by the lead."""
+    interval = model_limits.spacing(RPS)
+    lead = model_limits.LEASE_LEAD_SECONDS
+    with engine.begin() as conn:
+        first = model_limits.reserve_send_slot(conn, MODEL, interval, lead=lead)
+        second = model_limits.reserve_send_slot(conn, MODEL, interval, lead=lead)
+    assert first.slot == pytest.approx(first.now + lead, abs=1e-6)
+    assert second.slot == pytest.approx(first.slot + interval, abs=1e-6)
+    budget = model_limits.SharedModelBudget(engine, "acme/idle", RPS, MAX_IN_FLIGHT)
+    slot, now, _ = budget.reserve()
+    assert budget.lease_lead == lead and slot == pytest.approx(now + lead, abs=1e-6)
+
+
 def test_background_callers_queue_at_most_one_slot_ahead(engine):
     """The batch reserves only when the queue is short, so an on-demand call that arrives
     while batch workers wait for slots finds at most one of their calls ahead of it."""

@@ -35,11 +35,11 @@ nothing is in flight.
 Across processes (`shared=`): the daily batch, requests and sessions of one model run in
 different processes, and the provider's limits hold for all of them together. With a
 `SharedBudget` (store/model_limits.py: rows in the app database) step 3 reserves the model's
-next send slot instead of a local token and sleeps until it, then takes one of the model's
-`max_in_flight` leases (polling while all are held); `pause()` also pushes the
-shared slot past the cooldown, so every process backs off. While it holds leases, the
-limiter renews them every `shared.renew_every` seconds: leases are short so that a killed
-process frees its slots soon, and renewal lets a live call last as long as it needs. The
+next send slot instead of a local token, takes one of the model's `max_in_flight` leases
+shortly before the slot (polling while all are held) and sleeps until the slot; `pause()`
+also pushes the shared slot past the cooldown, so every process backs off. While it holds
+leases, the limiter renews them every `shared.renew_every` seconds: leases are short so that
+a killed process frees its slots soon, and renewal lets a live call last as long as it needs. The
 database calls run in a thread (`asyncio.to_thread`), never on the event loop.
 """
 
@@ -67,6 +67,7 @@ class SharedBudget(Protocol):
     """A model's rate and in-flight budget shared across processes (blocking calls)."""
 
     renew_every: float  # seconds between two renewals of the leases held
+    lease_lead: float  # a lease is taken this long before the send slot (slots are as far)
 
     def new_holder(self) -> str: ...
 
@@ -201,28 +202,46 @@ class ModelLimiter:
         self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
 
     async def _acquire_shared(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Reserve the model's next send slot (all processes), sleep until it, then take one
-        of the model's in-flight leases.
+        """Reserve the model's next send slot (all processes), take one of the model's
+        in-flight leases just before it, then sleep until the slot.
 
         Slot first: reservations are served in order, so a request's one call waits at most
         for the calls already reserved (one per in-flight slot of each other process), never
         for a whole batch. Taking a lease first would let a batch, whose workers re-take a
-        lease the moment they give one back, starve a request polling for one."""
+        lease the moment they give one back, starve a request polling for one.
+
+        Lease shortly before the slot (`shared.lease_lead`), not after it: taking one is a database
+        write whose delay grows with the host's load. Taken after the slot, it made a call
+        leave late by that delay, and the next call, leaving on time from another process,
+        reached a no-burst provider less than one spacing after it."""
         shared = self.shared
-        await self._wait_for_slot(loop)
+        send_at = await self._reserve_slot(loop)
+        await asyncio.sleep(max(0.0, send_at - shared.lease_lead - time.time()))
         holder = shared.new_holder()
-        if (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
-            poll = LEASE_POLL_FIRST
-            while (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
-                await asyncio.sleep(poll * random.uniform(0.5, 1.5))
-                poll = min(LEASE_POLL_MAX, poll * 2)
-            # The slot passed while all leases were held. Sent now, the call could reach the
-            # provider just before the next slot's call (an early arrival): take a new slot.
-            try:
-                await self._wait_for_slot(loop)
-            except BaseException:
-                await asyncio.shield(asyncio.to_thread(shared.release_lease, lease, holder))
-                raise
+        waited, poll = False, LEASE_POLL_FIRST
+        while (lease := await asyncio.to_thread(shared.take_lease, holder)) is None:
+            # All held: poll fast at first (a call often ends soon), then back off, jittered
+            # so that waiting processes do not poll in step.
+            await asyncio.sleep(poll * random.uniform(0.5, 1.5))
+            waited, poll = True, min(LEASE_POLL_MAX, poll * 2)
+        self._hold(loop, lease, holder)
+        try:
+            if waited:
+                # The slot passed while all leases were held. Sent now, the call could reach
+                # the provider just before the next slot's call (an early arrival).
+                send_at = await self._reserve_slot(loop)
+            while True:
+                await asyncio.sleep(max(0.0, send_at - time.time()))
+                if self._resume_at <= loop.time():
+                    return
+                # A pause began while we slept: that slot is too early now, take another.
+                send_at = await self._reserve_slot(loop)
+        except BaseException:
+            await self._release_shared()
+            raise
+
+    def _hold(self, loop: asyncio.AbstractEventLoop, lease: int, holder: str) -> None:
+        """Record a lease this task holds and keep it renewed until it is given back."""
         self._leases[asyncio.current_task()] = (lease, holder)
         if self._renewer is None or self._renewer.done():
             self._renewer = loop.create_task(self._renew_while_held())
@@ -249,29 +268,27 @@ class ModelLimiter:
                     self.name,
                 )
 
-    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _reserve_slot(self, loop: asyncio.AbstractEventLoop) -> float:
+        """Reserve the model's next send slot once no cooldown runs; returns it as this
+        host's wall-clock time. Background work asks again until the budget gives it one."""
         while True:
             await self._wait_cooldown(loop)
-            send_at, budget_now, retry_at = await asyncio.to_thread(self.shared.reserve)
-            if send_at is None:  # background work: the queue is long, ask again when it is not
-                await asyncio.sleep(self._until_slot(retry_at, budget_now))
-                continue
-            await asyncio.sleep(self._until_slot(send_at, budget_now))
-            if self._resume_at <= loop.time():
-                return
-            # A pause began while we slept: that slot is too early now, take another.
+            slot, budget_now, retry_at = await asyncio.to_thread(self.shared.reserve)
+            if slot is not None:
+                return self._local_time(slot, budget_now)
+            # Background work: the queue is long, ask again when it is not.
+            await asyncio.sleep(max(0.0, self._local_time(retry_at, budget_now) - time.time()))
 
-    def _until_slot(self, slot: float, budget_now: float) -> float:
-        """Seconds from now until `slot` (on the budget's clock), on this host's clock.
+    def _local_time(self, budget_time: float, budget_now: float) -> float:
+        """`budget_time` (on the budget's clock) on this host's wall clock.
 
         The offset between the two clocks is estimated as the smallest `local - budget_now`
         seen so far: it includes the least delay of a reservation's answer, never a delayed
         one. Sleeping "`slot - budget_now` from when the answer arrived" instead would make
         every call late by its own answer's delay, and a late call followed by a prompt one
         would reach a no-burst provider too early."""
-        local = time.time()
-        self._clock_offset = min(self._clock_offset, local - budget_now)
-        return max(0.0, slot + self._clock_offset - local)
+        self._clock_offset = min(self._clock_offset, time.time() - budget_now)
+        return budget_time + self._clock_offset
 
     async def _release_shared(self) -> None:
         lease = self._leases.pop(asyncio.current_task(), None)

@@ -7,16 +7,16 @@ once must stay within them together. Each process keeps its own `ModelLimiter`
 
 - the send rate: one row per model in `model_rate_slots` holds the earliest time the next
   call may be sent. A call reserves its slot with one atomic upsert,
-  ``next_slot = max(next_slot, now) + interval ... RETURNING``, and sleeps until it: calls
-  leave at least `interval` apart whichever process sends them, and nobody waits for a lock
+  ``next_slot = max(next_slot, now + lead) + interval ... RETURNING``, and sleeps until it:
+  calls leave at least `interval` apart whichever process sends them, and nobody waits for a lock
   while sleeping. A 429 pushes `next_slot` past the cooldown, so every process backs off.
 - the in-flight cap: `model_call_leases` holds one row per call in flight, in one of
   `max_in_flight` numbered slots, taken by a conditional upsert (insert, or take over a lease
-  whose `expires_at` has passed) and deleted after the call. Leases are short
-  (`LEASE_SECONDS`) and renewed by their holder while the call lasts (`renew_leases`, every
-  `LEASE_SECONDS / 3`), so a call may take as long as its HTTP timeout allows, while a
-  process killed holding a lease (SIGKILL, OOM, a lost host) blocks its slot for at most
-  `LEASE_SECONDS`, never for good.
+  whose `expires_at` has passed) shortly before the call's slot (`LEASE_LEAD_SECONDS`) and
+  deleted after the call. Leases are short (`LEASE_SECONDS`) and renewed by their holder
+  while the call lasts (`renew_leases`, every `LEASE_SECONDS / 3`), so a call may take as
+  long as its HTTP timeout allows, while a process killed holding a lease (SIGKILL, OOM, a
+  lost host) blocks its slot for at most `LEASE_SECONDS`, never for good.
 
 Times are epoch seconds on the *database's* clock (`now` is read in the same statement), so
 hosts whose clocks disagree still space their calls correctly; only the sleep happens locally.
@@ -47,6 +47,11 @@ SPACING_SECONDS = 0.004
 # An in-flight lease lasts this long unless its holder renews it (every third of it). A
 # killed process's leases free up within it: a restarted run waits that long at most.
 LEASE_SECONDS = 15.0
+
+# A slot is at least this far ahead when reserved: the caller takes its in-flight lease (a
+# database write, slower on a loaded host) before the slot instead of after it, so that it
+# leaves on time even when the model was idle. The cost: an idle model's call waits 20 ms.
+LEASE_LEAD_SECONDS = 0.02
 
 # Background work (the daily batch) reserves a send slot only when the model's next free slot
 # is at most max(one spacing, this) away, so an on-demand call, which reserves at once, finds
@@ -87,12 +92,18 @@ class Reservation(NamedTuple):
 
 
 def reserve_send_slot(
-    conn: sa.Connection, model: str, interval: float, *, max_ahead: float | None = None
+    conn: sa.Connection,
+    model: str,
+    interval: float,
+    *,
+    max_ahead: float | None = None,
+    lead: float = 0.0,
 ) -> Reservation:
-    """Reserve the next send slot of `model`; the caller sends at `slot` (now when the model
-    is idle). With `max_ahead` (background work), reserve only when the next free slot is at
-    most `max_ahead` seconds away, else reserve nothing and retry near `next_free - max_ahead`:
-    the batch then never queues more than about one call ahead of an on-demand call."""
+    """Reserve the next send slot of `model`; the caller sends at `slot` (`lead` seconds from
+    now when the model is idle). With `max_ahead` (background work), reserve only when the
+    next free slot is at most `max_ahead` seconds away, else reserve nothing and retry near
+    `next_free - max_ahead`: the batch then never queues more than about one call ahead of an
+    on-demand call."""
     dialect = conn.dialect.name
     now = _now_sql(dialect)
     only_if_near = (
@@ -100,12 +111,13 @@ def reserve_send_slot(
     )
     row = conn.execute(
         sa.text(
-            f"INSERT INTO model_rate_slots (model_slug, next_slot) VALUES (:model, {now} + :i) "
+            "INSERT INTO model_rate_slots (model_slug, next_slot) "
+            f"VALUES (:model, {now} + :lead + :i) "
             "ON CONFLICT (model_slug) DO UPDATE SET next_slot = "
-            f"{_greatest(dialect)}(model_rate_slots.next_slot, {now}) + :i{only_if_near} "
+            f"{_greatest(dialect)}(model_rate_slots.next_slot, {now} + :lead) + :i{only_if_near} "
             f"RETURNING next_slot, {now} AS now"
         ),
-        {"model": model, "i": interval, "ahead": max_ahead},
+        {"model": model, "i": interval, "ahead": max_ahead, "lead": lead},
     ).first()
     if row is not None:
         return Reservation(row.next_slot - interval, row.now)
@@ -209,6 +221,7 @@ class SharedModelBudget:
         self.max_in_flight = int(max_in_flight)
         self.lease_seconds = float(lease_seconds)
         self.renew_every = self.lease_seconds / 3
+        self.lease_lead = LEASE_LEAD_SECONDS
 
     def __repr__(self) -> str:  # the engine's URL may hold a password: leave it out
         return f"SharedModelBudget({self.model!r}, interval={self.interval:.3f}s)"
@@ -237,7 +250,9 @@ class SharedModelBudget:
 
     def reserve(self) -> Reservation:
         with self.engine.begin() as conn:
-            return reserve_send_slot(conn, self.model, self.interval, max_ahead=self.max_ahead)
+            return reserve_send_slot(
+                conn, self.model, self.interval, max_ahead=self.max_ahead, lead=self.lease_lead
+            )
 
     def push_back(self, seconds: float) -> None:
         with self.engine.begin() as conn:
