@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from benchmarks.deltas_chunked import chunked_snapshot_deltas
 from prediction_pipeline.services.deltas import snapshot_deltas
 from prediction_pipeline.store.tables import prediction_deltas, predictions
-from prediction_pipeline_tests.evaluation_world import START, build_world
+from prediction_pipeline_tests.evaluation_world import START
 
 SNAPSHOT = START + dt.timedelta(days=7)
 LATE = START + dt.timedelta(days=12)  # some predicted markets have closed by then
@@ -45,9 +45,11 @@ def clear(engine) -> None:
         conn.execute(sa.delete(prediction_deltas))
 
 
+pytestmark = pytest.mark.evaluation_world  # each test's database holds the world
+
+
 @pytest.fixture
 def world(engine):
-    build_world(engine)
     return engine
 
 

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from benchmarks.scoring_pandas import pandas_score_resolutions
 from prediction_pipeline.store import scoring as score_store
 from prediction_pipeline.store.tables import forecast_scores, markets, predictions
-from prediction_pipeline_tests.evaluation_world import build_world
 
 NOW = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 DAY = dt.date(2026, 2, 1)
@@ -131,8 +130,8 @@ COMPARED = ("model_slug", "market_id", "category", "probability", "market_price"
 SCORES = ("brier", "log_score", "market_brier", "market_log_score", "horizon_days")
 
 
+@pytest.mark.evaluation_world
 def test_sql_scores_equal_the_pandas_path_on_a_seeded_world(engine):
-    build_world(engine)
     expected_rows, expected_markets = pandas_score_resolutions(engine)
     expected = scores(engine)
     assert expected_rows == len(expected) > 0
