@@ -443,6 +443,17 @@ def test_thread_pacer_spaces_slots_one_interval_apart() -> None:
     assert pacer.wait(stop) is False  # the next is 0.5 s away: a stopped sender gives up
 
 
+def test_thread_pacer_lets_a_live_sender_go_at_its_slot() -> None:
+    pacer = ThreadPacer(20)  # slots 50 ms apart
+    stop = threading.Event()
+    assert pacer.wait(stop) is True
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(pacer.wait(stop)), daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)  # its slot is 50 ms away: it waits that long, not until stopped
+    assert results == [True]
+
+
 def test_repr() -> None:
     assert repr(ModelLimiter(2.5, 3, name="openai/gpt-4o")) == (
         "ModelLimiter('openai/gpt-4o', rps=2.5, max_in_flight=3, in_flight=0)"

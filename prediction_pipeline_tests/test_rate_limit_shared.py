@@ -218,6 +218,19 @@ def test_a_background_caller_asks_again_when_the_budget_says() -> None:
     assert len(budget.reserved) == 1 and budget.held() == 0
 
 
+def test_a_background_caller_told_a_past_time_asks_again_at_once() -> None:
+    # "Ask again at" may already have passed when the answer arrives (a slow round trip):
+    # the caller asks again at once, not after some minimum wait.
+    budget = FakeBudget(interval=0.5)
+    budget.retry_at = [budget_now_at(-1.0)]
+    limiter = ModelLimiter(requests_per_second=1000, max_in_flight=1, shared=budget)
+    starts: list[float] = []
+
+    run_virtual(lambda: _call(limiter, starts))
+
+    assert starts == pytest.approx([0.0], abs=1e-6)
+
+
 def budget_now_at(virtual: float) -> float:
     return virtual + LOCAL_EPOCH + BUDGET_SKEW
 
