@@ -9,7 +9,7 @@ on SQLite, `CREATE DATABASE ... TEMPLATE` on PostgreSQL. Migrating for every tes
 (SQLite) and 0.4 s (PostgreSQL) each, for hundreds of tests; the migrations themselves are
 tested on empty databases (`empty_database_url`, test_migrations.py).
 
-A test marked `evaluation_world` gets a copy of a database that also holds
+A test that asks for the `evaluation_world` fixture gets a copy of a database that also holds
 evaluation_world.build_world's three weeks of markets and predictions, built once per test
 process and engine (building it took 2-5 s per test, for 40 tests).
 """
@@ -173,8 +173,8 @@ def world_postgres_template(migrated_postgres_template) -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path, postgres_available) -> Iterator[str]:
     """A URL to an app database migrated to head, on SQLite and on PostgreSQL (holding
-    evaluation_world's world when the test is marked `evaluation_world`)."""
-    world = request.node.get_closest_marker("evaluation_world") is not None
+    evaluation_world's world when the test asks for the `evaluation_world` fixture)."""
+    world = "evaluation_world" in request.fixturenames
     if request.param == "sqlite":
         path = tmp_path / "app.db"
         template = "world_sqlite_file" if world else "migrated_sqlite_file"
@@ -196,3 +196,10 @@ def engine(database_url) -> Iterator[sa.Engine]:
     engine = make_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def evaluation_world(engine) -> sa.Engine:
+    """The test's engine, over a copy of a database holding evaluation_world's world
+    (`database_url` picks that template when a test asks for this fixture)."""
+    return engine

@@ -56,7 +56,7 @@ pytestmark = pytest.mark.daemon
 
 API_KEY = "sk-or-test-daemon-shared"
 MODEL = "acme/shared-1"
-RPS = 1.25  # 50 markets: a batch of ~42 s; quiet, the five requests were done by ~22 s
+RPS = 1.25  # 50 markets: a batch of ~45 s; alone, the five requests were done by ~27 s
 MAX_IN_FLIGHT = 2
 LATENCY = 0.4
 SYNTHETIC_SIZE = 160  # the batch takes the top 50 in the end-date window

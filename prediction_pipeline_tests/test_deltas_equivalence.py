@@ -45,12 +45,9 @@ def clear(engine) -> None:
         conn.execute(sa.delete(prediction_deltas))
 
 
-pytestmark = pytest.mark.evaluation_world  # each test's database holds the world
-
-
 @pytest.fixture
-def world(engine):
-    return engine
+def world(evaluation_world):
+    return evaluation_world
 
 
 def test_sql_path_writes_what_the_chunked_pandas_path_wrote(world):

@@ -21,9 +21,8 @@ SNAPSHOT = START + dt.timedelta(days=7)
 
 
 @pytest.fixture
-def world(request, database_url, tmp_path, monkeypatch):
-    """The resources over a database holding evaluation_world's world (the test's mark)."""
-    assert request.node.get_closest_marker("evaluation_world"), "mark the test evaluation_world"
+def world(evaluation_world, database_url, tmp_path, monkeypatch):
+    """The resources over a database holding evaluation_world's world."""
     monkeypatch.setenv("PREDICTION_PIPELINE_DATA_DIR", str(tmp_path))
     return {"app_db": AppDatabase(url=database_url)}
 
@@ -51,7 +50,6 @@ def delta_rows(engine):
         ).all()
 
 
-@pytest.mark.evaluation_world
 def test_deltas_are_idempotent_and_a_longer_lookback_only_adds(world, engine):
     result = deltas(world, days_lookback=3)
     assert result.success
@@ -85,7 +83,6 @@ def test_deltas_are_idempotent_and_a_longer_lookback_only_adds(world, engine):
             assert row.direction == ("toward" if moved_toward else "away")
 
 
-@pytest.mark.evaluation_world
 def test_closed_markets_are_left_out_unless_asked(world, engine):
     late = START + dt.timedelta(days=12)  # some predicted markets have closed by now
     open_only = materialization_metadata(deltas(world, late, days_lookback=12), "prediction_deltas")
@@ -95,7 +92,6 @@ def test_closed_markets_are_left_out_unless_asked(world, engine):
     assert with_closed["deltas"] > open_only["deltas"]
 
 
-@pytest.mark.evaluation_world
 def test_scores_and_leaderboard(world, engine, tmp_path):
     result = dg.materialize([forecast_scores, model_leaderboard], resources=world)
     assert result.success
@@ -163,7 +159,6 @@ def test_scoring_with_nothing_resolved_is_empty_not_an_error(
     assert materialization_metadata(result, "model_leaderboard")["scored_predictions"] == 0
 
 
-@pytest.mark.evaluation_world
 def test_a_bad_price_fails_the_deltas_at_once_and_writes_nothing(world, engine):
     snapshots = market_snapshots.c
     first_today = sa.select(sa.func.min(snapshots.id)).where(snapshots.day == SNAPSHOT)

@@ -21,11 +21,11 @@ from prediction_pipeline.store.tables import forecast_scores, markets
 
 
 @pytest.fixture
-def scored(request, engine):
-    """The world (evaluation_world, the test's mark) scored by the database; the frame the
-    pure leaderboard expects is rebuilt from the stored rows with core.scoring, as the oracle
-    of the SQL aggregates."""
-    assert request.node.get_closest_marker("evaluation_world"), "mark the test evaluation_world"
+def scored(evaluation_world):
+    """evaluation_world's world scored by the database; the frame the pure leaderboard
+    expects is rebuilt from the stored rows with core.scoring, as the oracle of the SQL
+    aggregates."""
+    engine = evaluation_world
     with engine.begin() as conn:
         score_store.score_resolutions(conn)
         rows = conn.execute(
@@ -45,7 +45,6 @@ def scored(request, engine):
     return score_predictions(frame)
 
 
-@pytest.mark.evaluation_world
 @pytest.mark.parametrize(
     ("dimension", "key"),
     [("overall", None), ("category", "category"), ("horizon", "horizon_bucket")],
@@ -67,7 +66,6 @@ def test_sql_aggregates_give_the_same_leaderboard_as_the_rows(engine, scored, di
         )
 
 
-@pytest.mark.evaluation_world
 @pytest.mark.parametrize("key", [None, "category", "horizon_bucket"])
 def test_streamed_parts_keep_each_group_whole(engine, scored, monkeypatch, key):
     """Parts far smaller than a group (7 rows): every (model, bucket) lies in one part, and
@@ -93,7 +91,6 @@ def test_streamed_parts_keep_each_group_whole(engine, scored, monkeypatch, key):
     pd.testing.assert_frame_equal(streamed, expected)
 
 
-@pytest.mark.evaluation_world
 def test_knowledge_cutoff_excludes_questions_resolved_before_it(engine, scored):
     with engine.connect() as conn:
         closes = conn.execute(

@@ -130,8 +130,8 @@ COMPARED = ("model_slug", "market_id", "category", "probability", "market_price"
 SCORES = ("brier", "log_score", "market_brier", "market_log_score", "horizon_days")
 
 
-@pytest.mark.evaluation_world
-def test_sql_scores_equal_the_pandas_path_on_a_seeded_world(engine):
+def test_sql_scores_equal_the_pandas_path_on_a_seeded_world(evaluation_world):
+    engine = evaluation_world
     expected_rows, expected_markets = pandas_score_resolutions(engine)
     expected = scores(engine)
     assert expected_rows == len(expected) > 0
