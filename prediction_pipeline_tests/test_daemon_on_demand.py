@@ -9,8 +9,8 @@ run launcher starts a run worker process for each.
 1. a temporary DAGSTER_HOME with the repo's `dagster.yaml` (its limits untouched, a 1 s
    dequeue interval); an app database (SQLite file) migrated to head, 3 days of synthetic
    markets up to today ingested in-process on the same instance, one OpenRouter model
-   registered; a `FakeOpenRouterServer` that answers 503 for good to any prompt about the
-   chosen market;
+   registered; a `FakeOpenRouterServer` that answers 503 with `Retry-After: 1` for good to
+   any prompt about the chosen market;
 2. `dagster-daemon run -w workspace.yaml` as a subprocess with the code location's variables
    (app database, data folder, OpenRouter key and base URL); the module waits until both
    queue sensors have a finished tick recorded, which proves the daemon evaluates them;
@@ -18,13 +18,13 @@ run launcher starts a run worker process for each.
    run (tagged with the request id, run key `request:<id>:0`) and one prediction linked to the
    request, which ends `succeeded`; two more ticks of its sensor after that launch nothing;
 4. a session of `baseline/market`, `baseline/momentum` and the failing OpenRouter model (the
-   resource's default retries: `Forecasters.max_http_attempts` calls, exponential backoff with
-   full jitter from 1 s, at most ~31 s of waiting) ends `partial` in one run: two predictions
-   linked to the session, one refund, one notification `.eml` in
+   resource's default retries: `Forecasters.max_http_attempts` calls, each wait the server's
+   Retry-After of 1 s instead of the backoff's random 0-31 s) ends `partial` in one run: two
+   predictions linked to the session, one refund, one notification `.eml` in
    `$PREDICTION_PIPELINE_DATA_DIR/outbox`; the run itself fails in its last step, `verdict`.
 
 Everything waits on states (rows, runs, ticks) with generous deadlines; nothing asserts on
-durations. About 75-100 s in all, most of it the sensor's ticks and the failing model's backoff.
+durations. About 50 s in all, most of it process start-ups and the failing model's retries.
 """
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ from prediction_pipeline_tests.daemon_harness import (
     wait_until,
     write_instance_yaml,
 )
-from prediction_pipeline_tests.fakes.openrouter_server import FakeOpenRouterServer, Fault
+from prediction_pipeline_tests.fakes.openrouter_server import (
+    Behaviour,
+    FakeOpenRouterServer,
+    Fault,
+)
 from prediction_pipeline_tests.pipeline_helpers import ingest_days
 
 pytestmark = pytest.mark.daemon
@@ -73,7 +77,7 @@ REQUESTS_SENSOR, SESSIONS_SENSOR = "prediction_requests_sensor", "prediction_ses
 SYNTHETIC_SIZE = 40
 STARTUP_TIMEOUT = 90.0  # the daemon loads the code location, then ticks its sensors
 REQUEST_TIMEOUT = 90.0
-# The failing model waits up to ~31 s between its 6 calls; steps are processes of their own.
+# The failing model waits 1 s between its 6 calls; steps are processes of their own.
 SESSION_TIMEOUT = 150.0
 
 
@@ -120,7 +124,10 @@ def world(tmp_path_factory) -> Iterator[World]:
                 sa.text("SELECT id, question FROM markets WHERE status = 'open' ORDER BY id")
             ).first()
         server = stack.enter_context(FakeOpenRouterServer(api_key=API_KEY))
-        server.on_keyword(market.question, Fault.UNAVAILABLE, forever=True)
+        # Retry-After keeps the retries' waits short and fixed (the backoff's are random).
+        server.on_keyword(
+            market.question, Behaviour(Fault.UNAVAILABLE, retry_after=1.0), forever=True
+        )
         data_dir = tmp / "data"
         env = service_env(
             home,
