@@ -839,13 +839,16 @@ def test_a_transport_that_cannot_open_a_session_releases_every_claim(sqlite_engi
 
 @pytest.mark.parametrize(
     "failure",
-    [TransientSendError("connection refused"), RuntimeError("a bug in the transport")],
+    [TransientSendError("connection refused"), RuntimeError("a bug in the transport " * 30)],
     ids=["transient", "bug"],
 )
-def test_any_error_opening_a_session_halts_and_releases_instead_of_hanging(sqlite_engine, failure):
+def test_any_error_opening_a_session_halts_and_releases_instead_of_hanging(
+    sqlite_engine, failure, caplog
+):
     """Only FatalTransportError is expected from session(); anything else used to end the
     sender thread: its claim stayed taken, the report said nothing of it, and with one job
-    per chunk the delivery waited forever for an outcome. Now it halts like a fatal error."""
+    per chunk the delivery waited forever for an outcome. Now it halts like a fatal error,
+    its reason cut to 500 characters and its traceback in the log."""
     engine = sqlite_engine
 
     def fail():  # once the other four are queued
@@ -859,7 +862,9 @@ def test_any_error_opening_a_session_halts_and_releases_instead_of_hanging(sqlit
     runner.start()
     runner.join(timeout=30)
     assert done, "the delivery did not return after session() raised"
-    reason = f"cannot open an email session: {failure!r}"
+    reason = f"cannot open an email session: {failure!r}"[:500]
+    if isinstance(failure, RuntimeError):  # its repr is 706 characters long
+        assert len(reason) == 500
     [report] = done
     assert summary(report) == expected(**WORLD, released=5, fatal=reason, incomplete=True)
     assert (transport.handovers, transport.sessions, transport.closed) == ([], 0, 0)
@@ -870,6 +875,14 @@ def test_any_error_opening_a_session_halts_and_releases_instead_of_hanging(sqlit
         GONE: ("skipped", 0, None, None, None),
     }
     assert all(r.lease_expires_at is None for r in ledger(engine).values())
+    [record] = [
+        r for r in caplog.records if r.name == "prediction_pipeline.services.digest_sending"
+    ]
+    assert (record.levelno, record.getMessage()) == (
+        logging.ERROR,
+        "opening an email session failed unexpectedly",
+    )
+    assert record.exc_info[1] is failure
 
     again = ScriptedTransport()
     assert deliver(engine, again).sent == 5
