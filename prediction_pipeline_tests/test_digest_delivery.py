@@ -476,6 +476,8 @@ def test_the_ledger_keeps_the_message_id_the_renderer_puts_on_the_message(sqlite
     assert [ledger(engine)[a].message_id for a in SUBSCRIBERS] == [
         message_id for _, message_id in transport.handovers
     ]
+    # deliver_digests passes its keyword arguments on: each row names the run that sent it.
+    assert {ledger(engine)[a].run_id for a in SUBSCRIBERS} == {RUN}
 
 
 def test_default_settings_are_used_when_none_are_given(sqlite_engine):

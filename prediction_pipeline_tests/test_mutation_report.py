@@ -12,10 +12,13 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "mutation_report.py"
 MODULE = "prediction_pipeline.store.credits"
 
 
-def write_results(mutants: Path, codes: dict[str, int | None]) -> None:
-    meta = mutants / "prediction_pipeline" / "store" / "credits.py.meta"
-    meta.parent.mkdir(parents=True)
-    by_key = {f"{MODULE}.x_debit__mutmut_{n}": code for n, code in codes.items()}
+def write_results(
+    mutants: Path, codes: dict[str, int | None], module: str = MODULE, function: str = "x_debit"
+) -> None:
+    *folders, name = module.split(".")
+    meta = mutants.joinpath(*folders, f"{name}.py.meta")
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    by_key = {f"{module}.{function}__mutmut_{n}": code for n, code in codes.items()}
     meta.write_text(json.dumps({"exit_code_by_key": by_key}))
 
 
@@ -59,6 +62,20 @@ def test_without_an_equivalents_file_every_survivor_counts(tmp_path):
     write_results(tmp_path / "mutants", {1: 1, 2: 0})
     row = next(line for line in report(tmp_path) if line.startswith(MODULE)).split()
     assert row[1:] == ["2", "1", "1", "0", "0", "0", "0", "50.0%"]
+
+
+def test_a_module_selects_itself_and_its_submodules_not_a_longer_name(tmp_path):
+    mutants = tmp_path / "mutants"
+    write_results(mutants, {1: 1})
+    write_results(mutants, {1: 0}, module=f"{MODULE}_extra")
+    write_results(mutants, {1: 1}, module="prediction_pipeline.services.predict")
+    equivalents = tmp_path / "equivalent.txt"
+    equivalents.write_text(f"{MODULE}_extra.x_debit__mutmut_1  another module: not judged\n")
+
+    lines = report(tmp_path, "--equivalent", str(equivalents), MODULE)
+    assert [line.split()[0] for line in lines[1:]] == [MODULE]
+    lines = report(tmp_path, "prediction_pipeline.store")
+    assert sorted(line.split()[0] for line in lines[1:]) == [MODULE, f"{MODULE}_extra"]
 
 
 def test_no_results_is_one_line_and_exit_1(tmp_path):

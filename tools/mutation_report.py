@@ -7,8 +7,9 @@ equivalent (survivors listed in the equivalents file: they change no behaviour a
 see), no tests (no selected test runs the function), not checked yet, and the score
 killed / (killed + survived + no tests), equivalent survivors left out. With --survivors,
 writes the surviving (not equivalent) and untested mutant names to that file (one per line;
-`mutmut show NAME` prints the diff). MODULE filters by dotted-name prefix, e.g.
-`prediction_pipeline.store.predictions`.
+`mutmut show NAME` prints the diff). MODULE selects that module and the modules under it,
+e.g. `prediction_pipeline.store.predictions` or `prediction_pipeline.store` (not
+`prediction_pipeline.store.predictions_extra`).
 
 The equivalents file has one mutant per line, `NAME  why it is equivalent`; `#` starts a
 comment. Mutant names number the mutations of a function, so the file belongs to a commit:
@@ -71,6 +72,11 @@ def classify(code: int | None, name: str, equivalents: dict[str, str]) -> str:
     return "equivalent" if kind == "survived" and name in equivalents else kind
 
 
+def within(name: str, modules) -> bool:
+    """`name` (a module or a mutant) is one of `modules` or lies under one of them."""
+    return any(name == m or name.startswith(f"{m}.") for m in modules)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="dotted module prefixes to report")
@@ -80,7 +86,7 @@ def main() -> int:
     args = parser.parse_args()
     results = module_results(args.mutants_dir)
     if args.modules:
-        results = {m: r for m, r in results.items() if m.startswith(tuple(args.modules))}
+        results = {m: r for m, r in results.items() if within(m, args.modules)}
     if not results:
         print(f"no mutmut results under {args.mutants_dir}/ (run `make mutation` first)")
         return 1
@@ -101,7 +107,7 @@ def main() -> int:
         )
     for name in sorted(equivalents):
         kind = seen.get(name, "gone")
-        if name.startswith(tuple(results)) and kind not in ("equivalent", "not checked"):
+        if within(name, results) and kind not in ("equivalent", "not checked"):
             print(f"stale equivalent: {name} is {kind}")
     if args.survivors:
         args.survivors.parent.mkdir(parents=True, exist_ok=True)
