@@ -73,6 +73,7 @@ from prediction_pipeline_tests.daemon_harness import (
     open_instance,
     service_env,
     wait_for_location,
+    wait_until,
     webserver_command,
 )
 from prediction_pipeline_tests.daemon_harness import (
@@ -377,21 +378,17 @@ def wait_for_runs(
     instance: dg.DagsterInstance, backfill_id: str, count: int, started: Services
 ) -> list[dg.RunRecord]:
     """The backfill's `count` runs once all of them have ended (sooner if one failed)."""
-    deadline = time.monotonic() + RUNS_TIMEOUT
     runs_filter = dg.RunsFilter(tags={BACKFILL_TAG: backfill_id})
-    while time.monotonic() < deadline:
-        started.check_alive()
-        records = instance.get_run_records(filters=runs_filter)
+
+    def ended() -> list[dg.RunRecord]:
+        records = list(instance.get_run_records(filters=runs_filter))
         finished = [r for r in records if r.dagster_run.is_finished]
-        if len(finished) >= count or any(
-            r.dagster_run.status != dg.DagsterRunStatus.SUCCESS for r in finished
-        ):
-            return list(records)
-        time.sleep(1.0)
-    states = collections.Counter(
-        r.dagster_run.status.value for r in instance.get_run_records(filters=runs_filter)
-    )
-    raise AssertionError(
-        f"backfill {backfill_id}: {count} runs not ended after {RUNS_TIMEOUT:.0f} s: "
-        f"{instance.get_backfill(backfill_id)}; runs {dict(states)}"
-    )
+        failed = any(r.dagster_run.status != dg.DagsterRunStatus.SUCCESS for r in finished)
+        return records if len(finished) >= count or failed else []
+
+    def states() -> str:
+        runs = instance.get_run_records(filters=runs_filter)
+        counts = collections.Counter(r.dagster_run.status.value for r in runs)
+        return f"{count} ended runs of backfill {backfill_id}; runs {dict(counts)}"
+
+    return wait_until(ended, timeout=RUNS_TIMEOUT, what=states, services=started, interval=1.0)
