@@ -26,9 +26,10 @@ demo: install home
 	$(BIN)/prediction-pipeline demo
 
 # The `serial` tests time sends against a strict stand-in provider (test_shared_limits.py,
-# test_daemon_shared_limits.py): they run alone, first, on a quiet machine. The rest runs on three workers (two cores: the daemon
-# tests mostly wait): the daemon tests one after another on one of them, from the start,
-# the other tests in chunks of at most 8 (conftest.py: pytest_collection_modifyitems).
+# test_daemon_shared_limits.py): they run alone, first, on a quiet machine. The rest runs on
+# three workers (two cores: the daemon tests mostly wait): the daemon tests one after another
+# on one of them, from the start, the other tests in chunks of at most 8 (conftest.py:
+# pytest_collection_modifyitems).
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -46,7 +46,7 @@ def _postgres_answers() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The daemon tests first. They are the longest (60-110 s each, mostly waiting on ticks
+    """The daemon tests first. They are the longest (15-75 s each, mostly waiting on ticks
     and runs), and `make test` (`-n 3 --maxschedchunk 8`) hands each worker a first chunk of
     8 tests in this order: they all run one after another on the first worker, from the
     start, while the other two take the remaining tests. Handed out in the alphabetical

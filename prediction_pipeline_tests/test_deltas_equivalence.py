@@ -4,7 +4,6 @@ and PostgreSQL, with the same summary."""
 
 import datetime as dt
 
-import pytest
 import sqlalchemy as sa
 
 from benchmarks.deltas_chunked import chunked_snapshot_deltas
@@ -45,13 +44,8 @@ def clear(engine) -> None:
         conn.execute(sa.delete(prediction_deltas))
 
 
-@pytest.fixture
-def world(evaluation_world):
-    return evaluation_world
-
-
-def test_sql_path_writes_what_the_chunked_pandas_path_wrote(world):
-    engine = world
+def test_sql_path_writes_what_the_chunked_pandas_path_wrote(evaluation_world):
+    engine = evaluation_world
     for day, options, chunk_size in CASES:
         case = f"{day} {options} chunk_size={chunk_size}"
         clear(engine)
@@ -74,10 +68,11 @@ def test_sql_path_writes_what_the_chunked_pandas_path_wrote(world):
         assert again.rows == new.rows, case
 
 
-def test_one_statement_per_day_or_per_chunk_of_a_bigger_day(world):
-    one = snapshot_deltas(world, SNAPSHOT, chunk_size=200_000)
-    many = snapshot_deltas(world, SNAPSHOT, chunk_size=3)
-    with world.connect() as conn:
+def test_one_statement_per_day_or_per_chunk_of_a_bigger_day(evaluation_world):
+    engine = evaluation_world
+    one = snapshot_deltas(engine, SNAPSHOT, chunk_size=200_000)
+    many = snapshot_deltas(engine, SNAPSHOT, chunk_size=3)
+    with engine.connect() as conn:
         per_day = conn.execute(
             sa.select(sa.func.count())
             .where(predictions.c.day >= START, predictions.c.day < SNAPSHOT)
